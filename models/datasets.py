@@ -29,7 +29,7 @@ import gzip
 import importlib.util
 import logging
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +92,7 @@ def load_dataset(
     download: bool = False,
     seed: int = 0,
     limit: int | None = None,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> DatasetSplits:
     """Load a dataset by name and split it reproducibly.
 
@@ -102,9 +103,12 @@ def load_dataset(
         seed: Seed of the random split; the same seed always gives the same splits.
         limit: Keep at most this many images of each split (the first ones after the
             seeded shuffle), for tests and quick runs. ``None`` keeps everything.
+        normalisation: ``(mean, std)`` per channel to normalise with, such as the values
+            stored in a checkpoint; ``None`` computes them from the train split.
 
     Raises:
-        ValueError: Unknown ``name`` or a ``limit`` below 1.
+        ValueError: Unknown ``name``, a ``limit`` below 1, or a ``normalisation`` whose
+            length differs from the channel count or whose std is not positive.
         FileNotFoundError: The data is missing; the message names the folder and how to
             get it.
     """
@@ -119,7 +123,7 @@ def load_dataset(
         "caltech101": _load_caltech101,
     }
     raw = loaders[name](root, download, seed)
-    return _normalise(name, raw, limit)
+    return _normalise(name, raw, limit, normalisation)
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,27 @@ class _RawSplits:
     num_classes: int
 
 
-def _normalise(name: str, raw: _RawSplits, limit: int | None) -> DatasetSplits:
+def _normalise(
+    name: str,
+    raw: _RawSplits,
+    limit: int | None,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None,
+) -> DatasetSplits:
     train_images = raw.train[0]
-    # Statistics per channel over images and pixels, in float64 to avoid drift on 50k images.
-    mean = train_images.double().mean(dim=(0, 2, 3))
-    std = train_images.double().std(dim=(0, 2, 3))
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    channels = train_images.shape[1]
+    if normalisation is None:
+        # Statistics per channel over images and pixels, in float64 for 50,000 images.
+        mean = train_images.double().mean(dim=(0, 2, 3))
+        std = train_images.double().std(dim=(0, 2, 3))
+        std = torch.where(std > 0, std, torch.ones_like(std))
+    else:
+        mean = torch.tensor([float(value) for value in normalisation[0]], dtype=torch.float64)
+        std = torch.tensor([float(value) for value in normalisation[1]], dtype=torch.float64)
+        if len(mean) != channels or len(std) != channels or not bool((std > 0).all()):
+            raise ValueError(
+                f"normalisation for {name} needs {channels} means and {channels} positive "
+                f"standard deviations, got mean {tuple(mean.tolist())}, std {tuple(std.tolist())}"
+            )
     mean_view = mean.float().view(1, -1, 1, 1)
     std_view = std.float().view(1, -1, 1, 1)
 
