@@ -1,0 +1,222 @@
+"""Optuna storage: creation, checks before opening, and conversion of connection errors.
+
+``open_storage`` returns an ``optuna.storages.RDBStorage``. For SQLite it waits for locks
+instead of failing: every transaction starts with ``BEGIN IMMEDIATE``, so a writer takes the
+lock up front and waits up to ``SQLITE_TIMEOUT`` seconds for it, and the rare leftover
+"database is locked" error is retried. Several local worker processes can therefore share one
+SQLite file. Heartbeats (``heartbeat_interval``) work on SQLite too and let any worker fail
+trials whose process died.
+
+Nothing is created or changed when a start fails: the folder of a SQLite file must already
+exist, an existing file must be a SQLite database, and read-only callers (``must_exist``)
+never create a file at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+SQLITE_TIMEOUT = 60.0
+SQLITE_HEADER = b"SQLite format 3\x00"
+LOCK_RETRIES = 5
+
+T = TypeVar("T")
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``.
+
+    >>> mask_url("postgresql://user:secret@db/optuna")
+    'postgresql://user:***@db/optuna'
+    """
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL has no password field to find
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """Return the database file of a ``sqlite:///`` URL, or None for other URLs and memory."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - reported by check_sqlite_url
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def check_sqlite_url(url: str, *, must_exist: bool, what: str, hint: str) -> Path | None:
+    """Check a SQLite URL before anything opens it, so a failed start creates no file.
+
+    Args:
+        url: the storage URL; other schemes pass unchecked (returns None).
+        must_exist: whether the database file must already exist (read-only callers).
+        what: the name of the store in messages, e.g. "Optuna storage".
+        hint: what to do, appended to messages.
+
+    Raises:
+        ValueError: the URL cannot be parsed, the folder is missing, the file is missing
+            while ``must_exist`` is set, or the file is not a SQLite database.
+    """
+    import sqlalchemy
+
+    try:
+        sqlalchemy.engine.make_url(url)
+    except Exception as error:  # noqa: BLE001 - sqlalchemy raises ArgumentError and others
+        raise ValueError(f"invalid {what} URL {mask_url(url)!r}: {error}; {hint}") from None
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"cannot open {what} {mask_url(url)!r}: folder {str(path.parent)!r} does not "
+            f"exist; {hint}"
+        )
+    if not path.exists():
+        if must_exist:
+            raise ValueError(f"cannot open {what} {mask_url(url)!r}: file not found; {hint}")
+        return path
+    if path.is_dir():
+        raise ValueError(f"cannot open {what} {mask_url(url)!r}: it is a folder; {hint}")
+    with path.open("rb") as stream:
+        header = stream.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise ValueError(
+            f"cannot open {what} {mask_url(url)!r}: the file is not a SQLite database; {hint}"
+        )
+    return path
+
+
+def _is_lock_error(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry_locked(function: Callable[..., T]) -> Callable[..., T]:
+    """Retry ``function`` a few times, with growing pauses, on SQLite lock errors."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(LOCK_RETRIES):
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:
+                cause = error.__cause__ or error
+                if attempt == LOCK_RETRIES - 1 or not (
+                    _is_lock_error(error) or _is_lock_error(cause)
+                ):
+                    raise
+                pause = 0.5 * 2**attempt
+                logger.warning(
+                    "%s: database is locked, retrying in %.1f s (%d/%d)",
+                    function.__name__,
+                    pause,
+                    attempt + 1,
+                    LOCK_RETRIES - 1,
+                )
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _configure_sqlite_engine(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock at its start and wait for it."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself instead of the sqlite3 module's deferred BEGIN.
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Connections made while Optuna created its tables lack the hooks; drop them.
+    engine.dispose()
+
+
+STORAGE_HINT = "pass --storage sqlite:///PATH/TO/optuna.db with an existing folder"
+
+
+def open_storage(
+    url: str,
+    *,
+    must_exist: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[[Any, Any], None] | None = None,
+) -> Any:
+    """Open an Optuna RDB storage, converting every connection failure into a ValueError.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:///studies/optuna.db`` or ``postgresql://...``.
+        must_exist: reject a SQLite file that does not exist instead of creating it.
+        heartbeat_interval: seconds between heartbeats of a running trial (None: off).
+        grace_period: seconds without a heartbeat after which a running trial is stale.
+        stale_trial_callback: called as ``(study, frozen_trial)`` after a stale trial failed.
+
+    Raises:
+        ValueError: the storage is unreachable, not a database, or of an incompatible
+            schema; the message holds the URL with its password masked and a hint.
+    """
+    import optuna
+    import sqlalchemy
+
+    path = check_sqlite_url(url, must_exist=must_exist, what="Optuna storage", hint=STORAGE_HINT)
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
+    try:
+        storage = retry_locked(optuna.storages.RDBStorage)(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=stale_trial_callback,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        raise ValueError(
+            f"cannot open Optuna storage {mask_url(url)!r}: {_first_line(error)}; {STORAGE_HINT}"
+        ) from None
+    except RuntimeError as error:
+        # Optuna raises RuntimeError for a schema version it cannot use.
+        raise ValueError(
+            f"cannot use Optuna storage {mask_url(url)!r}: {_first_line(error)}; run "
+            "'optuna storage upgrade' on it or pass another --storage"
+        ) from None
+    if path is not None:
+        _configure_sqlite_engine(storage.engine)
+    return storage
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def load_study(storage: Any, name: str) -> Any:
+    """Load an existing study, raising ValueError listing the stored names when it is absent."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(summary.study_name for summary in storage.get_all_studies())
+        listed = ", ".join(names) if names else "none"
+        raise ValueError(
+            f"study {name!r} not found in the Optuna storage: stored studies are {listed}"
+        ) from None

@@ -1,0 +1,472 @@
+"""MLflow tracking of studies: one experiment per study, a parent run per launch of
+``polysearch search`` and a nested run per trial.
+
+Everything goes through ``mlflow.MlflowClient`` with explicit run ids, so worker processes
+log their trials into the launch's parent run without sharing MLflow's global active run.
+A trial run holds the trial's parameters, validation accuracy, per-step accuracies, fit
+errors, HE cost and time as metrics, the tags below, the full per-site and per-channel
+report as one JSON artifact (``report.json``), the approximation configuration
+(``configuration.json``) and, as the specification asks, figures.
+
+Tags on trial runs: ``optuna_study``, ``optuna_trial_number``, ``strategy``, ``network``,
+``dataset``, ``code_version`` and ``mlflow.parentRunId``. The Optuna trial stores the run id
+as its user attribute ``mlflow_run_id``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from search.spec import DEFAULT_MLFLOW_URI
+from search.storage import check_sqlite_url, mask_url, retry_locked, sqlite_path
+
+logger = logging.getLogger(__name__)
+
+MLFLOW_HINT = "pass --mlflow-uri sqlite:///PATH/TO/mlflow.db with an existing folder"
+REPORT_ARTIFACT = "report.json"
+CONFIGURATION_ARTIFACT = "configuration.json"
+
+# MLflow rejects parameter values longer than this many characters.
+MAX_PARAM_LENGTH = 6000
+
+
+@functools.cache
+def code_version() -> str:
+    """Return the git commit of the source tree, else the installed package version."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        if commit:
+            return commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("polysearch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Return the artifact folder URI for a SQLite tracking URI (``<db folder>/artifacts``).
+
+    Other tracking URIs (an MLflow server) keep MLflow's own artifact location (None).
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    return (path.resolve().parent / "artifacts").as_uri()
+
+
+def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> Any:
+    """Return an ``MlflowClient`` on ``uri`` after checking that the store can be reached.
+
+    The default store's folder (``mlruns/``) is created when missing; for any other SQLite
+    URI the folder must exist.
+
+    Raises:
+        ValueError: the URI cannot be used; the message holds it (password masked) and a hint.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if uri == DEFAULT_MLFLOW_URI and not must_exist:
+        path = sqlite_path(uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    check_sqlite_url(uri, must_exist=must_exist, what="MLflow store", hint=MLFLOW_HINT)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        retry_locked(client.search_experiments)(max_results=1)
+    except MlflowException as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ValueError(
+            f"cannot open MLflow store {mask_url(uri)!r}: {first}; {MLFLOW_HINT}"
+        ) from None
+    return client
+
+
+def experiment_id(client: Any, study_name: str, uri: str, *, create: bool = True) -> str | None:
+    """Return the id of the study's experiment (named after the study), creating it if asked."""
+    experiment = retry_locked(client.get_experiment_by_name)(study_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    if not create:
+        return None
+    root = artifact_root(uri)
+    location = None if root is None else f"{root}/{study_name}"
+    try:
+        return retry_locked(client.create_experiment)(study_name, artifact_location=location)
+    except Exception:
+        # Another process may have created it in between.
+        experiment = retry_locked(client.get_experiment_by_name)(study_name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def log_batch(
+    client: Any,
+    run_id: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    step: int = 0,
+) -> None:
+    """Log parameters, finite metrics and tags in batches of MLflow's maximum size."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    timestamp = int(time.time() * 1000)
+    param_list = [Param(key, _param_text(value)) for key, value in (params or {}).items()]
+    metric_list = [
+        Metric(key, float(value), timestamp, step)
+        for key, value in (metrics or {}).items()
+        if value is not None and math.isfinite(float(value))
+    ]
+    tag_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    # MLflow accepts at most 100 parameters and 1000 metrics per batch.
+    for start in range(0, max(len(param_list), 1), 100):
+        retry_locked(client.log_batch)(run_id, params=param_list[start : start + 100])
+    for start in range(0, len(metric_list), 1000):
+        retry_locked(client.log_batch)(run_id, metrics=metric_list[start : start + 1000])
+    if tag_list:
+        retry_locked(client.log_batch)(run_id, tags=tag_list)
+
+
+def start_launch_run(
+    client: Any, experiment: str, *, study_name: str, spec: Mapping[str, Any], workers: int
+) -> str:
+    """Create the parent run of one launch and log the specification as its parameters."""
+    tags = {
+        "optuna_study": study_name,
+        "code_version": code_version(),
+        "workers": workers,
+        "host_pid": os.getpid(),
+    }
+    run = retry_locked(client.create_run)(
+        experiment, tags={key: str(value) for key, value in tags.items()}, run_name="launch"
+    )
+    log_batch(client, run.info.run_id, params=flatten(spec))
+    retry_locked(client.log_dict)(run.info.run_id, dict(spec), "specification.json")
+    return run.info.run_id
+
+
+def start_trial_run(
+    client: Any,
+    experiment: str,
+    *,
+    parent_run_id: str | None,
+    study_name: str,
+    trial_number: int,
+    tags: Mapping[str, Any],
+) -> str:
+    """Create the nested run of one trial and return its id."""
+    all_tags = {
+        "optuna_study": study_name,
+        "optuna_trial_number": trial_number,
+        "code_version": code_version(),
+        **tags,
+    }
+    if parent_run_id is not None:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = retry_locked(client.create_run)(
+        experiment,
+        tags={key: str(value) for key, value in all_tags.items()},
+        run_name=f"trial-{trial_number}",
+    )
+    return run.info.run_id
+
+
+def end_run(client: Any, run_id: str, status: str, *, reason: str | None = None) -> None:
+    """End a run with ``status`` (FINISHED, FAILED or KILLED), tagging the failure reason."""
+    if reason is not None:
+        retry_locked(client.set_tag)(run_id, "failure_reason", _param_text(reason))
+    retry_locked(client.set_terminated)(run_id, status=status)
+
+
+def fail_stale_run(client: Any, run_id: str, reason: str) -> None:
+    """Mark a run FAILED if it is still RUNNING (its process died); others stay as they are."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = retry_locked(client.get_run)(run_id)
+    except MlflowException as error:
+        logger.warning("cannot read MLflow run %s to fail it: %s", run_id, error)
+        return
+    if run.info.status == "RUNNING":
+        end_run(client, run_id, "FAILED", reason=reason)
+
+
+def log_json(client: Any, run_id: str, values: Mapping[str, Any], artifact: str) -> None:
+    """Log a mapping as one JSON artifact of the run."""
+    retry_locked(client.log_dict)(run_id, dict(values), artifact)
+
+
+def log_file(client: Any, run_id: str, path: str | Path, folder: str | None = None) -> None:
+    """Log a local file as an artifact of the run."""
+    retry_locked(client.log_artifact)(run_id, str(path), folder)
+
+
+def find_trial_runs(client: Any, experiment: str, study_name: str) -> list[Any]:
+    """Return every trial run of a study (runs tagged with a trial number), newest first."""
+    filter_string = f"tags.optuna_study = '{study_name}'"
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = retry_locked(client.search_runs)(
+            [experiment], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(run for run in page if "optuna_trial_number" in run.data.tags)
+        token = page.token
+        if not token:
+            return runs
+
+
+def download_artifact(client: Any, run_id: str, artifact: str, destination: str | Path) -> Path:
+    """Download one artifact of a run into ``destination`` and return its local path.
+
+    Raises:
+        ValueError: the run has no such artifact.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = retry_locked(client.download_artifacts)(run_id, artifact, str(destination))
+    except (MlflowException, OSError) as error:
+        raise ValueError(
+            f"MLflow run {run_id} has no artifact {artifact!r} ({error}): the trial may have "
+            "failed before logging it"
+        ) from None
+    return Path(local)
+
+
+class TrialTracker:
+    """Logs the trials of one worker as nested MLflow runs of the launch's parent run.
+
+    Args:
+        client: the ``MlflowClient``.
+        experiment: the study's experiment id.
+        parent_run_id: the launch's run; None logs trial runs without a parent.
+        study_name: the Optuna study name (tag ``optuna_study``).
+        tags: tags set on every trial run (strategy, network, dataset).
+        figures: ``all`` (every trial), ``best`` (a trial that is the best so far when it
+            finishes) or ``none``.
+        plot: called as ``plot(result, folder)``; writes PNG files into ``folder`` and
+            returns their paths. Only needed when ``figures`` is not ``none``.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        experiment: str,
+        *,
+        parent_run_id: str | None,
+        study_name: str,
+        tags: Mapping[str, Any],
+        figures: str = "best",
+        plot: Any = None,
+    ):
+        self.client = client
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.study_name = study_name
+        self.tags = dict(tags)
+        self.figures = figures
+        self.plot = plot
+
+    def start(self, trial: Any) -> str:
+        """Create the trial's run, log its parameters and store the run id in the trial."""
+        run_id = start_trial_run(
+            self.client,
+            self.experiment,
+            parent_run_id=self.parent_run_id,
+            study_name=self.study_name,
+            trial_number=trial.number,
+            tags=self.tags,
+        )
+        trial.set_user_attr("mlflow_run_id", run_id)
+        log_batch(self.client, run_id, params=trial.params)
+        return run_id
+
+    def log_result(
+        self, trial: Any, run_id: str, result: Any, steps: list[float], elapsed: float
+    ) -> None:
+        """Log the metrics, the JSON report, the configuration and any figures of a trial."""
+        import tempfile
+
+        report = result.report
+        details = report.to_dict()
+        metrics: dict[str, float] = {
+            "validation_accuracy": float(report.accuracy),
+            "trial_seconds": elapsed,
+        }
+        cost = details.get("he_cost")
+        if isinstance(cost, Mapping):
+            for key, value in flatten(cost, "he_cost.").items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    metrics[key] = float(value)
+        elif isinstance(cost, int | float):
+            metrics["he_cost"] = float(cost)
+        metrics.update(fit_error_metrics(details))
+        log_batch(self.client, run_id, metrics=metrics)
+        for index, accuracy in enumerate(steps):
+            log_batch(self.client, run_id, metrics={"step_accuracy": accuracy}, step=index)
+        log_json(self.client, run_id, details, REPORT_ARTIFACT)
+        with tempfile.TemporaryDirectory(prefix="polysearch-") as folder:
+            path = Path(folder) / CONFIGURATION_ARTIFACT
+            result.configuration.save(path)
+            log_file(self.client, run_id, path)
+            if self.plot is not None and self._wants_figures(trial, float(report.accuracy)):
+                figure_folder = Path(folder) / "figures"
+                figure_folder.mkdir()
+                for figure in self.plot(result, figure_folder):
+                    log_file(self.client, run_id, figure, "figures")
+
+    def _wants_figures(self, trial: Any, accuracy: float) -> bool:
+        if self.figures == "all":
+            return True
+        if self.figures == "none":
+            return False
+        from optuna.trial import TrialState
+
+        previous = [
+            other.user_attrs.get("validation_accuracy")
+            for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ]
+        best = max((value for value in previous if value is not None), default=-math.inf)
+        return accuracy > best
+
+    def finish(self, trial: Any, run_id: str, outcome: Any, duplicate: Any | None) -> None:
+        """End a trial's run FINISHED; a repeated configuration gets its metrics again."""
+        if duplicate is not None:
+            metrics = {"validation_accuracy": outcome.accuracy}
+            if math.isfinite(outcome.he_cost):
+                metrics["he_cost"] = outcome.he_cost
+            log_batch(
+                self.client,
+                run_id,
+                metrics=metrics,
+                tags={
+                    "duplicate_of_trial": duplicate.number,
+                    "duplicate_of_run": duplicate.user_attrs.get("mlflow_run_id", ""),
+                },
+            )
+        retry_locked(self.client.set_tag)(run_id, "optuna_state", "COMPLETE")
+        end_run(self.client, run_id, "FINISHED")
+
+    def fail(self, trial: Any, run_id: str, error: BaseException) -> None:
+        """End the run of a trial that raised: PRUNED trials FINISHED, interrupts KILLED,
+        everything else FAILED with the reason as a tag and a trial user attribute."""
+        import optuna
+
+        if isinstance(error, optuna.TrialPruned):
+            retry_locked(self.client.set_tag)(run_id, "optuna_state", "PRUNED")
+            end_run(self.client, run_id, "FINISHED")
+            return
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        try:
+            trial.set_user_attr("fail_reason", reason)
+        except Exception as attr_error:  # noqa: BLE001 - the run still has to end
+            logger.warning(
+                "cannot store the failure reason of trial %d: %s", trial.number, attr_error
+            )
+        retry_locked(self.client.set_tag)(run_id, "optuna_state", "FAIL")
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        end_run(self.client, run_id, status, reason=reason)
+
+
+def fit_error_metrics(details: Mapping[str, Any]) -> dict[str, float]:
+    """Return ``fit_error.<site>``: the largest maximum error of the site's fits."""
+    metrics: dict[str, float] = {}
+    sites = details.get("sites", [])
+    items = sites.items() if isinstance(sites, Mapping) else ((None, site) for site in sites)
+    for name, site in items:
+        if not isinstance(site, Mapping):
+            continue
+        name = site.get("name", name)
+        errors = _max_errors(site)
+        if name is not None and errors:
+            metrics[f"fit_error.{name}"] = max(errors)
+    return metrics
+
+
+def _max_errors(values: Any) -> list[float]:
+    """Collect every ``max_error`` number inside a nested report entry."""
+    found: list[float] = []
+    if isinstance(values, Mapping):
+        for key, value in values.items():
+            if key == "max_error" and isinstance(value, int | float):
+                found.append(float(value))
+            else:
+                found.extend(_max_errors(value))
+    elif isinstance(values, list):
+        for value in values:
+            found.extend(_max_errors(value))
+    return [value for value in found if math.isfinite(value)]
+
+
+class StaleTrialHandler:
+    """Heartbeat callback: re-enqueues a stale trial's parameters and fails its MLflow run.
+
+    Optuna calls it after failing a RUNNING trial whose heartbeat stopped (its process died).
+    """
+
+    def __init__(self, mlflow_uri: str, max_retry: int = 2):
+        self.mlflow_uri = mlflow_uri
+        self.max_retry = max_retry
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import warnings
+
+        import optuna
+
+        logger.warning(
+            "trial %d stopped sending heartbeats: marked FAIL, its parameters are queued again",
+            trial.number,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
+        retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            from mlflow import MlflowClient
+
+            fail_stale_run(
+                MlflowClient(tracking_uri=self.mlflow_uri),
+                run_id,
+                "the trial's process stopped (no heartbeat)",
+            )
