@@ -192,6 +192,11 @@ def open_storage(
         raise ValueError(
             f"cannot open Optuna storage {mask_url(url)!r}: {_first_line(error)}; {STORAGE_HINT}"
         ) from None
+    except ImportError as error:
+        raise ValueError(
+            f"cannot open Optuna storage {mask_url(url)!r}: {_first_line(error)} (the database "
+            "driver for this URL is not installed); install it or pass another --storage"
+        ) from None
     except RuntimeError as error:
         # Optuna raises RuntimeError for a schema version it cannot use.
         raise ValueError(
