@@ -1,4 +1,4 @@
-"""Scalar activation functions in numpy, as the minimax fitter sees them.
+"""Scalar activation functions in numpy, described for the minimax fitter.
 
 Every function takes a float64 array and returns an array of the same shape. Besides the
 function itself, the fitter needs to know where a function bends sharply (a kink of ReLU, the
@@ -31,7 +31,7 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
 
 def elu(x: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     """Return x for x > 0 and ``alpha * (exp(x) - 1)`` otherwise."""
-    # expm1 sees only non-positive values, so large positive inputs cannot overflow.
+    # expm1 receives only non-positive values, so large positive inputs cannot overflow.
     return np.where(x > 0.0, x, alpha * np.expm1(np.minimum(x, 0.0)))
 
 
@@ -90,7 +90,7 @@ class LinearPiece:
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """A scalar function with what the minimax fitter knows about its shape.
+    """A scalar function with the facts about its shape that the minimax fitter uses.
 
     Attributes:
         name: the activation name, or the ``__name__`` of a user callable.

@@ -10,15 +10,11 @@ alternating two steps:
 2. Replace the reference by n + 2 alternating extrema of the new error, found on a fine grid
    and refined locally.
 
-The algorithm follows E. Ya. Remez (1934) in the form described by L. N. Trefethen,
-*Approximation Theory and Approximation Practice*, chapter 10, and by Pachon and Trefethen,
-"Barycentric-Remez algorithms for best polynomial approximation in the chebfun system" (2009).
-
 All the work happens in the variable t = (2x - lo - hi) / (hi - lo) on [-1, 1] with
 Chebyshev polynomials T_k(t), which keeps the linear systems well conditioned at every degree
-and range width. Coefficients in powers of x are derived at the end for export; evaluating them
-is ill-conditioned on narrow ranges far from 0 (large cancellation), so :class:`MinimaxFit`
-evaluates the Chebyshev form.
+and range width. Coefficients in powers of x are derived at the end for export. Evaluating them
+loses digits to cancellation on narrow ranges far from 0, so :class:`MinimaxFit` evaluates the
+Chebyshev form.
 
 Robustness for kinked functions such as ReLU comes from three choices:
 
@@ -198,7 +194,9 @@ def _check_ranges(los: Any, his: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _evaluate(spec: FunctionSpec, x: np.ndarray) -> np.ndarray:
     """Evaluate the function and check that it returned finite values of the right shape."""
-    values = np.asarray(spec.function(x), dtype=np.float64)
+    # Non-finite values raise below with the offending x, so numpy's own warnings are noise.
+    with np.errstate(all="ignore"):
+        values = np.asarray(spec.function(x), dtype=np.float64)
     if values.shape != x.shape:
         raise ValueError(
             f"function {spec.name} returned shape {values.shape} for input shape {x.shape}; "
@@ -511,7 +509,7 @@ def _remez(
         converged[active[done]] = True
         exact[active[done & is_exact]] = True
 
-        # Fallback where the error alternates too few times (only when it is near rounding
+        # Fallback where the error alternates too few times (expected only near rounding
         # level): swap the global maximum into the old reference, single-point exchange.
         stuck = ~alternates & ~done
         if stuck.any():
@@ -567,9 +565,9 @@ def fit_minimax_batch(
 ) -> list[MinimaxFit]:
     """Fit the minimax polynomial of one degree to one function on many ranges at once.
 
-    The Remez iterations of all ranges run together: the linear systems are solved as one
-    (B, n + 2, n + 2) batch and the error is sampled on a (B, G) grid, so fitting the ranges of
-    all channels of a layer costs little more than fitting one.
+    The Remez iterations of all ranges run together. The linear systems are solved as one
+    (B, n + 2, n + 2) batch and the error is sampled on one (B, G) grid, so fitting the ranges
+    of all channels of a layer costs little more than fitting one.
 
     Args:
         function: an activation name (relu, leaky_relu, elu, gelu, silu, sigmoid, tanh) or a
