@@ -103,6 +103,8 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp creates the file readable by its owner only; give it the usual mode.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         with os.fdopen(descriptor, "wb") as file:
             torch.save(content, file)
             file.flush()
@@ -186,6 +188,12 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
         ) from error
     model.eval()
     return model, metadata
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _first_line(error: BaseException) -> str:

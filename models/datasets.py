@@ -203,7 +203,7 @@ def _split_train(
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that builds numpy arrays and plain containers and nothing else.
+    """Unpickler that builds numpy arrays, bytes and plain containers and nothing else.
 
     The dataset pickles come from outside this project; refusing every other global
     keeps a tampered file from running code while it is read.
@@ -214,6 +214,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        # Protocol 2 pickles written by Python 3 store bytes through codecs.encode.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> object:
@@ -353,6 +355,10 @@ def _load_cifar10(root: Path, download: bool, seed: int) -> _RawSplits:
         images, labels = [], []
         for name in names:
             batch = _unpickle(folder / name, compressed=False)
+            if isinstance(batch, dict):
+                # Keys are str in the published batches; a pickle written with bytes keys
+                # reads the same.
+                batch = {_text(key): value for key, value in batch.items()}
             if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
                 raise ValueError(f"{folder / name} is not a CIFAR-10 batch (no data/labels)")
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
@@ -364,6 +370,10 @@ def _load_cifar10(root: Path, download: bool, seed: int) -> _RawSplits:
     validation_size = round(len(train_images) * CIFAR10_VALIDATION_FRACTION)
     train, validation = _split_train(train_images, train_labels, validation_size, seed)
     return _RawSplits(train, validation, read_batches(batch_names[5:]), 10)
+
+
+def _text(key: object) -> object:
+    return key.decode("latin1") if isinstance(key, bytes) else key
 
 
 # ---------------------------------------------------------------------- Caltech-101

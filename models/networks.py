@@ -134,18 +134,30 @@ def build_network(
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     input_shape = tuple(int(size) for size in input_shape)
+    factory = resolve_network(name)
+    model = factory(input_shape=input_shape, num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"network factory {name!r} returned {type(model).__name__}, not nn.Module")
+    return model
+
+
+def resolve_network(name: str) -> Callable[..., object]:
+    """Return the factory of a network name or import path without building the network.
+
+    Raises:
+        ValueError: Unknown name, or an import path whose module or factory is missing.
+        TypeError: The import path names something that is not callable.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"network name must be a string, got {type(name).__name__}")
     if name in NETWORKS:
-        return NETWORKS[name](input_shape=input_shape, num_classes=num_classes)
+        return NETWORKS[name]
     if ":" not in name:
         raise ValueError(
             f"unknown network {name!r}; choose one of {', '.join(NETWORKS)} "
             "or give an import path package.module:factory"
         )
-    factory = _import_factory(name)
-    model = factory(input_shape=input_shape, num_classes=num_classes)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"network factory {name!r} returned {type(model).__name__}, not nn.Module")
-    return model
+    return _import_factory(name)
 
 
 def _import_factory(path: str) -> Callable[..., object]:

@@ -64,10 +64,12 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def _read_core_times(cores: set[int]) -> dict[int, tuple[int, int]]:
+def _read_core_times(
+    cores: set[int], stat_path: Path = Path("/proc/stat")
+) -> dict[int, tuple[int, int]]:
     """Return ``{core: (idle ticks, total ticks)}`` from /proc/stat for ``cores``."""
     times = {}
-    with open("/proc/stat") as file:
+    with open(stat_path) as file:
         for line in file:
             name, *values = line.split()
             if not name.startswith("cpu") or name == "cpu":

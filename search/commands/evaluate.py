@@ -14,6 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``polysearch evaluate``."""
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (.pt)")
     parser.add_argument(
+        "--model",
+        default=None,
+        help="network the checkpoint must hold, e.g. cnn2 (default: any)",
+    )
+    parser.add_argument(
         "--split",
         choices=["test", "validation"],
         default="test",
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from models.datasets import load_dataset
     from models.training import evaluate, resolve_device
 
-    model, metadata = load_checkpoint(args.checkpoint)
+    model, metadata = load_checkpoint(args.checkpoint, network=args.model)
     # The checkpoint's seed gives back the split it was trained with, and its mean and std
     # normalise the inputs exactly as during training.
     splits = load_dataset(

@@ -108,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
     from models.checkpoint import save_checkpoint
     from models.datasets import load_dataset
-    from models.networks import build_network
+    from models.networks import build_network, resolve_network
     from models.training import DEFAULT_LR, evaluate, train
 
+    # Check the cheap inputs before loading data, so a typo fails at once.
+    resolve_network(args.model)
     output = args.output or default_checkpoint_path(args.model, args.dataset)
     if output.exists() and not args.overwrite:
         raise ValueError(f"checkpoint {output} already exists; pass --overwrite to replace it")

@@ -1,0 +1,159 @@
+"""Checkpoint round trip, atomic writes and rejection of damaged or foreign files."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.networks import build_network
+
+METADATA = {
+    "network": "lenet5",
+    "dataset": "cifar10",
+    "input_shape": (3, 32, 32),
+    "num_classes": 10,
+    "mean": (0.49, 0.48, 0.45),
+    "std": (0.25, 0.24, 0.26),
+    "options": {"epochs": 3, "lr": 0.01, "optimizer": "adam", "limit": None, "tags": ["a"]},
+    "accuracies": {"validation": 71.5, "test": 70.25},
+}
+
+
+def save(path, model=None, **changes):
+    fields = {**METADATA, **changes}
+    model = model or build_network(fields["network"], fields["input_shape"])
+    save_checkpoint(path, model, **fields)
+    return model
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_network("lenet5", (3, 32, 32))
+    # Non-default batch-norm statistics must survive too.
+    model.bn1.running_mean.fill_(0.5)
+    path = tmp_path / "nested" / "lenet5.pt"
+    save(path, model)
+
+    loaded, metadata = load_checkpoint(path, network="lenet5")
+
+    assert metadata == METADATA
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    inputs = torch.randn(4, 3, 32, 32)
+    assert torch.equal(loaded(inputs), model.eval()(inputs))
+
+
+def test_checkpoint_file_mode_follows_umask(tmp_path):
+    path = tmp_path / "cnn1.pt"
+    save(path, network="cnn1", input_shape=(1, 28, 28), mean=(0.1,), std=(0.3,))
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_checkpoint_leaves_no_temporary_files(tmp_path):
+    save(tmp_path / "a.pt")
+    save(tmp_path / "a.pt")  # replacing is allowed by default
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+
+
+def test_checkpoint_no_overwrite_keeps_file(tmp_path):
+    path = tmp_path / "a.pt"
+    save(path)
+    before = path.read_bytes()
+
+    with pytest.raises(ValueError, match="already exists"):
+        save(path, overwrite=False, accuracies={"test": 1.0})
+
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+
+
+def test_checkpoint_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a checkpoint at all", b"PK\x03\x04" + b"\x00" * 40],
+)
+def test_checkpoint_damaged_file_rejected(tmp_path, content):
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(content)
+
+    with pytest.raises(ValueError, match="damaged.pt") as error:
+        load_checkpoint(path)
+
+    assert "\n" not in str(error.value)
+
+
+def test_checkpoint_truncated_file_rejected(tmp_path):
+    path = tmp_path / "cut.pt"
+    save(path)
+    path.write_bytes(path.read_bytes()[:5000])
+
+    with pytest.raises(ValueError, match="cut.pt"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_with_code_rejected(tmp_path):
+    # A pickle that would run code is refused by the weights-only loader.
+    marker = tmp_path / "executed"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": RunsCode()}, path)
+
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_other_network_rejected(tmp_path):
+    path = tmp_path / "lenet5.pt"
+    save(path)
+
+    with pytest.raises(ValueError, match="'lenet5', not 'cnn2'") as error:
+        load_checkpoint(path, network="cnn2")
+
+    assert "lenet5.pt" in str(error.value)
+
+
+def test_checkpoint_plain_dict_rejected(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(build_network("cnn1").state_dict(), path)
+
+    with pytest.raises(ValueError, match="weights.pt"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_mismatched_weights_rejected(tmp_path):
+    path = tmp_path / "wrong.pt"
+    # cnn1 weights recorded as lenet5 cannot be loaded into lenet5.
+    save(path, model=build_network("cnn1", (3, 32, 32)))
+
+    with pytest.raises(ValueError, match="does not match network 'lenet5'"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_options_must_be_plain(tmp_path):
+    with pytest.raises(TypeError, match="device"):
+        save(tmp_path / "a.pt", options={"device": torch.device("cpu")})
+
+    assert not (tmp_path / "a.pt").exists()
+
+
+def test_checkpoint_mean_length_checked(tmp_path):
+    with pytest.raises(ValueError, match="one value per channel"):
+        save(tmp_path / "a.pt", mean=(0.5,))
