@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 MLFLOW_HINT = "pass --mlflow-uri sqlite:///PATH/TO/mlflow.db with an existing folder"
 REPORT_ARTIFACT = "report.json"
 CONFIGURATION_ARTIFACT = "configuration.json"
+WEIGHTS_ARTIFACT = "configuration.weights.pt"
 
 # MLflow rejects parameter values longer than this many characters.
 MAX_PARAM_LENGTH = 6000
@@ -286,6 +287,8 @@ class TrialTracker:
             finishes) or ``none``.
         plot: called as ``plot(result, folder)``; writes PNG files into ``folder`` and
             returns their paths. Only needed when ``figures`` is not ``none``.
+        configuration_metadata: stored in every trial's configuration file (checkpoint,
+            dataset, study), so that the file alone can rebuild the network.
     """
 
     def __init__(
@@ -298,6 +301,7 @@ class TrialTracker:
         tags: Mapping[str, Any],
         figures: str = "best",
         plot: Any = None,
+        configuration_metadata: Mapping[str, Any] | None = None,
     ):
         self.client = client
         self.experiment = experiment
@@ -306,6 +310,7 @@ class TrialTracker:
         self.tags = dict(tags)
         self.figures = figures
         self.plot = plot
+        self.configuration_metadata = dict(configuration_metadata or {})
 
     def start(self, trial: Any) -> str:
         """Create the trial's run, log its parameters and store the run id in the trial."""
@@ -345,10 +350,15 @@ class TrialTracker:
         for index, accuracy in enumerate(steps):
             log_batch(self.client, run_id, metrics={"step_accuracy": accuracy}, step=index)
         log_json(self.client, run_id, details, REPORT_ARTIFACT)
+        configuration = result.configuration
+        configuration.metadata.update(self.configuration_metadata)
+        configuration.metadata["optuna_trial_number"] = trial.number
         with tempfile.TemporaryDirectory(prefix="polysearch-") as folder:
-            path = Path(folder) / CONFIGURATION_ARTIFACT
-            result.configuration.save(path)
-            log_file(self.client, run_id, path)
+            # The configuration, and its retrained weights beside it, at the artifact root.
+            configuration_folder = Path(folder) / "configuration"
+            configuration_folder.mkdir()
+            configuration.save(configuration_folder / CONFIGURATION_ARTIFACT)
+            retry_locked(self.client.log_artifacts)(run_id, str(configuration_folder))
             if self.plot is not None and self._wants_figures(trial, float(report.accuracy)):
                 figure_folder = Path(folder) / "figures"
                 figure_folder.mkdir()

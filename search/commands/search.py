@@ -1,0 +1,261 @@
+"""``polysearch search``: run or resume the Optuna study a specification describes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+HELP = "run (or continue) the search a study specification describes"
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="study specification (TOML), e.g. studies/cnn2-mnist.toml")
+    parser.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="finished trials the study should hold, all workers together (search.n_trials)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes on the study (search.workers)",
+    )
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (tracking.storage)")
+    parser.add_argument(
+        "--mlflow-uri", default=None, help="MLflow tracking URI (tracking.mlflow_uri)"
+    )
+    parser.add_argument("--study", default=None, help="study name (name; default: file stem)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds after which no new trial starts, 0 for none (search.timeout)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any specification field, e.g. --set space.degree=[2,6] (repeatable)",
+    )
+
+
+def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the specification overrides the command line sets (dotted key -> value)."""
+    from search.spec import parse_override
+
+    overrides: dict[str, Any] = {}
+    for text in args.overrides:
+        key, value = parse_override(text)
+        overrides[key] = value
+    overrides.update(
+        {
+            "search.n_trials": args.n_trials,
+            "search.workers": args.workers,
+            "search.timeout": args.timeout,
+            "tracking.storage": args.storage,
+            "tracking.mlflow_uri": args.mlflow_uri,
+            "name": args.study,
+        }
+    )
+    return overrides
+
+
+class ProgressPrinter:
+    """Prints one line per finished trial and advances a progress bar on standard error."""
+
+    def __init__(self, study: Any, n_trials: int):
+        from optuna.trial import TrialState
+        from tqdm import tqdm
+
+        self.finished_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        trials = study.get_trials(deepcopy=False, states=self.finished_states)
+        self.seen = {trial.number for trial in trials}
+        counted = sum(1 for trial in trials if trial.state != TrialState.FAIL)
+        self.single = len(study.directions) == 1
+        self.bar = tqdm(
+            total=n_trials,
+            initial=min(counted, n_trials),
+            unit="trial",
+            file=sys.stderr,
+            disable=None,
+            dynamic_ncols=True,
+        )
+
+    def on_trial(self, study: Any, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        if trial.number in self.seen or trial.state not in self.finished_states:
+            return
+        self.seen.add(trial.number)
+        if trial.state != TrialState.FAIL:
+            self.bar.update(1)
+        self.bar.write(self.describe(study, trial), file=sys.stdout)
+        sys.stdout.flush()
+
+    def poll(self, study: Any) -> None:
+        """Report the trials other processes finished since the last call."""
+        trials = study.get_trials(deepcopy=False, states=self.finished_states)
+        for trial in sorted(trials, key=lambda item: item.number):
+            self.on_trial(study, trial)
+
+    def describe(self, study: Any, trial: Any) -> str:
+        from optuna.trial import TrialState
+
+        head = f"trial {trial.number} {trial.state.name.lower()}"
+        if trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get("fail_reason", "its process stopped")
+            return f"{head}: {reason}"
+        accuracy = trial.user_attrs.get("validation_accuracy")
+        if trial.state == TrialState.PRUNED:
+            steps = trial.user_attrs.get("step_accuracies") or []
+            accuracy = steps[-1] if steps else None
+        text = head if accuracy is None else f"{head}: accuracy {accuracy:.2f} %"
+        if trial.state == TrialState.COMPLETE and not self.single:
+            text += f", HE cost {trial.values[1]:g}"
+        return f"{text}; {best_so_far(study)}"
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def best_so_far(study: Any) -> str:
+    """Describe the best trial (one objective) or the Pareto front size (two)."""
+    try:
+        if len(study.directions) == 1:
+            best = study.best_trial
+            return f"best {best.value:.2f} % (trial {best.number})"
+        return f"Pareto front {len(study.best_trials)} trials"
+    except ValueError:
+        return "no complete trial yet"
+
+
+def _worker_process(
+    spec: Any, parent_run_id: str, index: int, threads: int, log_level: str
+) -> None:
+    """Entry point of a spawned worker process."""
+    logging.basicConfig(
+        level=log_level,
+        format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import torch
+
+    from search.study import run_worker
+
+    torch.set_num_threads(threads)
+    run_worker(spec, parent_run_id=parent_run_id, worker_index=index)
+
+
+def _run_workers(
+    spec: Any, parent_run_id: str, study: Any, printer: ProgressPrinter, threads: int, level: str
+) -> None:
+    """Run ``spec.search.workers`` spawned processes and print their trials as they finish."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker_process,
+            args=(spec, parent_run_id, index, threads, level),
+            name=f"polysearch-worker-{index}",
+        )
+        for index in range(spec.search.workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        while any(process.is_alive() for process in processes):
+            time.sleep(1.0)
+            printer.poll(study)
+    except BaseException:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=30)
+        raise
+    printer.poll(study)
+    failed = [process.name for process in processes if process.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"worker processes {', '.join(failed)} ended with an error (see log)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.threads import available_cores
+    from search import tracking
+    from search.spec import load_spec
+    from search.study import (
+        count_trials,
+        create_study,
+        ensure_checkpoint,
+        fail_stale_trials,
+        open_study_storage,
+        run_worker,
+    )
+
+    spec = load_spec(args.spec, overrides=spec_overrides(args))
+    # Reach both stores before training or loading anything, so a wrong URL fails at once.
+    storage = open_study_storage(spec)
+    client = tracking.open_client(spec.tracking.mlflow_uri)
+    ensure_checkpoint(spec)
+    study = create_study(spec, storage)
+    fail_stale_trials(study)
+    finished, running = count_trials(study)
+    if running:
+        logger.info(
+            "%d trials are RUNNING in other processes, or stopped less than %d s ago and will "
+            "be failed and retried once their heartbeat is older than that",
+            running,
+            spec.search.grace_period,
+        )
+    experiment = tracking.experiment_id(client, spec.name, spec.tracking.mlflow_uri)
+    workers = spec.search.workers
+    parent_run_id = tracking.start_launch_run(
+        client, experiment, study_name=spec.name, spec=spec.to_dict(), workers=workers
+    )
+    print(
+        f"Study {spec.name!r}: {finished} of {spec.search.n_trials} trials finished, "
+        f"{workers} worker(s); MLflow run {parent_run_id}",
+        flush=True,
+    )
+    printer = ProgressPrinter(study, spec.search.n_trials)
+    started = time.monotonic()
+    try:
+        if workers == 1:
+            run_worker(spec, parent_run_id=parent_run_id, on_trial=printer.on_trial)
+        else:
+            total = args.threads if args.threads else available_cores()
+            threads = max(1, total // workers)
+            _run_workers(spec, parent_run_id, study, printer, threads, args.log_level)
+    except KeyboardInterrupt:
+        tracking.end_run(client, parent_run_id, "KILLED", reason="interrupted")
+        raise
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {error}"
+        tracking.end_run(client, parent_run_id, "FAILED", reason=reason)
+        raise
+    finally:
+        printer.close()
+    elapsed = time.monotonic() - started
+    finished, _ = count_trials(study)
+    tracking.log_batch(client, parent_run_id, metrics={"launch_seconds": elapsed})
+    tracking.end_run(client, parent_run_id, "FINISHED")
+    print(
+        f"Study {spec.name!r}: {finished} trials finished in {elapsed:.0f} s; {best_so_far(study)}"
+    )
+    print(f"Open the dashboard:  polysearch dashboard --storage {spec.tracking.storage}")
+    print(
+        f"Pull the best result: polysearch best --study {spec.name} "
+        f"--storage {spec.tracking.storage} --mlflow-uri {spec.tracking.mlflow_uri} "
+        f"--output {spec.name}-best.json"
+    )
+    return 0

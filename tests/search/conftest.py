@@ -1,0 +1,103 @@
+"""Shared fixtures of the search tests: a tiny trained checkpoint and study files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# Images per split in the search tests: enough for accuracies well above chance.
+LIMIT = 2000
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """cnn1 trained for one epoch on 2000 MNIST images (a few seconds on one core)."""
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.datasets import load_dataset
+    from models.networks import build_network
+    from models.training import evaluate, train
+
+    torch.set_num_threads(1)
+    splits = load_dataset("mnist", limit=LIMIT)
+    model = build_network("cnn1", input_shape=splits.input_shape, num_classes=splits.num_classes)
+    train(model, splits, validation=None, epochs=1, seed=0, progress=False)
+    path = tmp_path_factory.mktemp("checkpoint") / "cnn1-tiny.pt"
+    save_checkpoint(
+        path,
+        model,
+        network="cnn1",
+        dataset="mnist",
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
+        mean=splits.mean,
+        std=splits.std,
+        options={"epochs": 1, "limit": LIMIT},
+        accuracies={"validation": evaluate(model, splits.validation).accuracy},
+    )
+    return path
+
+
+def write_spec(folder: Path, checkpoint: Path, *, n_trials: int, extra: str = "") -> Path:
+    """Write a small all-at-once study specification that stores everything in ``folder``."""
+    path = folder / "tiny.toml"
+    path.write_text(
+        f"""
+seed = 0
+[network]
+name = "cnn1"
+checkpoint = "{checkpoint}"
+[data]
+dataset = "mnist"
+limit = {LIMIT}
+calibration_size = 256
+[space]
+degree = [2, 4]
+percentile = [95.0, 100.0]
+percentile_step = 0.5
+[search]
+sampler = "random"
+pruner = "none"
+n_trials = {n_trials}
+heartbeat_interval = 1
+grace_period = 2
+[tracking]
+storage = "sqlite:///{folder}/optuna.db"
+mlflow_uri = "sqlite:///{folder}/mlflow.db"
+figures = "none"
+{extra}
+"""
+    )
+    return path
+
+
+def polysearch(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run the command line in a subprocess with one PyTorch thread."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "search", "--threads", "1", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_polysearch(*args: str, cwd: Path) -> subprocess.Popen:
+    """Start the command line in a subprocess without waiting for it."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "--threads", "1", *args],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

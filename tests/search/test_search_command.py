@@ -1,0 +1,183 @@
+"""End-to-end tests of polysearch search, best and dashboard through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import urllib.request
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.search.conftest import polysearch, start_polysearch, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _study(folder, name="tiny"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder}/optuna.db")
+
+
+def _states(study):
+    return [trial.state for trial in study.get_trials(deepcopy=False)]
+
+
+def test_search_logs_runs_and_best_returns_top_trial(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=4)
+    result = polysearch("search", str(spec), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("trial ") >= 4
+
+    study = _study(tmp_path)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 4
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "optuna_trial_number" not in run.data.tags]
+    children = [run for run in runs if "optuna_trial_number" in run.data.tags]
+    assert len(parents) == 1
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    for trial in complete:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        # Trial and run point at each other.
+        assert run.data.tags["optuna_trial_number"] == str(trial.number)
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.params["relu1.degree"] == str(trial.params["relu1.degree"])
+        assert run.data.metrics["validation_accuracy"] == pytest.approx(trial.value)
+        if "duplicate_of" in trial.user_attrs:
+            # A repeated configuration points at the run that holds its artifacts.
+            original = study.trials[trial.user_attrs["duplicate_of"]]
+            assert run.data.tags["duplicate_of_run"] == original.user_attrs["mlflow_run_id"]
+            continue
+        artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+        assert {"report.json", "configuration.json"} <= artifacts
+
+    output = tmp_path / "best.json"
+    best = polysearch(
+        "best",
+        "--study",
+        "tiny",
+        "--storage",
+        f"sqlite:///{tmp_path}/optuna.db",
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--json",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
+    assert best.returncode == 0, best.stderr
+    entry = json.loads(best.stdout)
+    top = max(complete, key=lambda trial: (trial.value, -trial.number))
+    assert entry["trial"] == top.number
+    assert entry["validation_accuracy"] == pytest.approx(top.value)
+    assert 0 <= entry["test_accuracy"] <= 100
+    assert output.is_file()
+    logged = client.get_run(top.user_attrs["mlflow_run_id"]).data.metrics
+    assert logged["test_accuracy"] == pytest.approx(entry["test_accuracy"])
+
+
+def test_search_resumes_after_kill(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=5)
+    process = start_polysearch("search", str(spec), cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    database = tmp_path / "optuna.db"
+    try:
+        while time.monotonic() < deadline:
+            if database.exists():
+                try:
+                    study = _study(tmp_path)
+                    if TrialState.RUNNING in _states(study) and TrialState.COMPLETE in _states(
+                        study
+                    ):
+                        break
+                except (KeyError, Exception):
+                    pass
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    # Let the killed trial's heartbeat age past the grace period (2 s).
+    time.sleep(3)
+    result = polysearch("search", str(spec), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    states = _states(_study(tmp_path))
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 5
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    statuses = [run.info.status for run in client.search_runs([experiment.experiment_id])]
+    # Only the killed launch's parent run may stay RUNNING; no trial run does.
+    assert statuses.count("RUNNING") <= 1
+
+
+def test_search_two_workers_share_budget(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=6)
+    result = polysearch("search", str(spec), "--workers", "2", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    states = _states(_study(tmp_path))
+    assert states.count(TrialState.COMPLETE) == 6
+    assert len(states) == 6
+    assert "database is locked" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_dashboard_lists_study(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="listed", storage=storage)
+    port = _free_port()
+    process = start_polysearch(
+        "dashboard", "--storage", storage, "--port", str(port), cwd=tmp_path
+    )
+    try:
+        body = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/studies", timeout=2
+                ) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.3)
+        assert body is not None, "dashboard did not answer within 60 s"
+        names = [summary["study_name"] for summary in body["study_summaries"]]
+        assert names == ["listed"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_search_bad_spec_leaves_storage_untouched(tmp_path, tiny_checkpoint):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="kept", storage=storage)
+    before = (tmp_path / "optuna.db").read_bytes()
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=2, extra='colour = "red"')
+    result = polysearch("search", str(spec), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown key 'tracking.colour'" in result.stderr
+    assert (tmp_path / "optuna.db").read_bytes() == before
+
+
+def test_search_unreachable_storage_exit_2(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=2)
+    missing = f"sqlite:///{tmp_path}/missing/optuna.db"
+    result = polysearch("search", str(spec), "--storage", missing, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "does not exist" in result.stderr
+    assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "mlflow.db").exists()
