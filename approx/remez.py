@@ -542,12 +542,13 @@ def _exact_piece(spec: FunctionSpec, lo: float, hi: float, degree: int):
     return None
 
 
-def _row_context(context: str | Sequence[str] | None, row: int, n_rows: int) -> str:
+def _row_prefix(context: str | Sequence[str] | None, row: int, n_rows: int) -> str:
+    """Return the text that names range ``row`` at the start of a warning or error."""
     if context is None:
-        return f"range {row}" if n_rows > 1 else "range"
+        return f"range {row}: " if n_rows > 1 else ""
     if isinstance(context, str):
-        return f"{context} channel {row}" if n_rows > 1 else context
-    return str(context[row])
+        return f"{context} channel {row}: " if n_rows > 1 else f"{context}: "
+    return f"{context[row]}: "
 
 
 def fit_minimax_batch(
@@ -611,7 +612,7 @@ def fit_minimax_batch(
         if lo == hi:
             value = float(_evaluate(spec, np.array([lo]))[0])
             warnings.warn(
-                f"{_row_context(context, row, n_rows)}: zero-width range [{lo}, {hi}] "
+                f"{_row_prefix(context, row, n_rows)}zero-width range [{lo}, {hi}] "
                 f"(a dead input); fitted the constant {spec.name}({lo}) = {value}",
                 DegenerateRangeWarning,
                 stacklevel=2,
@@ -671,7 +672,7 @@ def fit_minimax_batch(
                 failed.append(row)
             if not np.isfinite(power[i]).all():
                 warnings.warn(
-                    f"{_row_context(context, row, n_rows)}: the power-basis coefficients of "
+                    f"{_row_prefix(context, row, n_rows)}the power-basis coefficients of "
                     f"degree {degree} on [{lo}, {hi}] overflow float64; use the Chebyshev form",
                     FitWarning,
                     stacklevel=2,
@@ -679,7 +680,7 @@ def fit_minimax_batch(
         for row in failed:
             fit = fits[row]
             message = (
-                f"{_row_context(context, row, n_rows)}: the Remez iteration for {spec.name} of "
+                f"{_row_prefix(context, row, n_rows)}the Remez iteration for {spec.name} of "
                 f"degree {degree} on [{fit.lo}, {fit.hi}] did not converge in {fit.iterations} "
                 f"iterations (max error {fit.max_error:.6g}); raise max_iter or tol"
             )
