@@ -220,7 +220,7 @@ def approximate(
     cache: CalibrationCache | None = None,
     on_step: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
-    batch_size: int = 1000,
+    batch_size: int = 256,
 ) -> ApproximationResult:
     """Replace the nonlinearities of ``model`` by minimax polynomials and measure accuracy.
 
@@ -241,7 +241,9 @@ def approximate(
             retraining epoch, with a running step number; an exception it raises (e.g.
             ``optuna.TrialPruned``) stops the run and propagates.
         device: Where to run; None means CUDA when available, else the CPU.
-        batch_size: Validation images per forward pass.
+        batch_size: Validation images per forward pass. Batches of a few hundred images
+            keep the activation tensors in the CPU cache, where the Horner passes of the
+            polynomials are cheapest.
 
     Returns:
         The ApproximationResult. For all-at-once and stepwise, ``result.model`` is a copy

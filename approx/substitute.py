@@ -207,19 +207,22 @@ class SiteReport:
 
 
 class FitCache:
-    """Least-recently-used store of minimax fits keyed by function, degree and range."""
+    """Least-recently-used store of minimax fits keyed by function, degree and range.
+
+    Each entry is the fit and its power-basis coefficients in x.
+    """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._fits: OrderedDict[tuple, MinimaxFit] = OrderedDict()
+        self._fits: OrderedDict[tuple, tuple[MinimaxFit, list[float]]] = OrderedDict()
 
-    def get(self, key: tuple) -> MinimaxFit | None:
+    def get(self, key: tuple) -> tuple[MinimaxFit, list[float]] | None:
         fit = self._fits.get(key)
         if fit is not None:
             self._fits.move_to_end(key)
         return fit
 
-    def put(self, key: tuple, fit: MinimaxFit) -> None:
+    def put(self, key: tuple, fit: tuple[MinimaxFit, list[float]]) -> None:
         self._fits[key] = fit
         self._fits.move_to_end(key)
         while len(self._fits) > self.max_entries:
@@ -278,7 +281,7 @@ def fit_ranges(
     for row in range(channels):
         context = f"site {site.name}" + (f" channel {row}" if granularity == "channel" else "")
         widened.append(_widen(float(ranges[row, 0]), float(ranges[row, 1]), context))
-    fits: list[MinimaxFit | None] = [None] * channels
+    fits: list[tuple[MinimaxFit, list[float]] | None] = [None] * channels
     missing: dict[int, list[int]] = {}
     for row, (lo, hi) in enumerate(widened):
         key = (function_key, int(degrees[row]), lo, hi)
@@ -301,11 +304,13 @@ def fit_ranges(
             params=params or None,
         )
         for row, fit in zip(rows, batch, strict=True):
-            fits[row] = fit
+            lo, hi = widened[row]
+            power = [float(v) for v in power_coefficients(fit.chebyshev, lo, hi)]
+            fits[row] = (fit, power)
             if fit_cache is not None:
-                fit_cache.put((function_key, degree, *widened[row]), fit)
+                fit_cache.put((function_key, degree, lo, hi), (fit, power))
     channel_fits = []
-    for row, fit in enumerate(fits):
+    for row, (fit, power) in enumerate(fits):
         lo, hi = widened[row]
         chebyshev = np.asarray(fit.chebyshev, dtype=np.float64)
         channel_fits.append(
@@ -314,7 +319,7 @@ def fit_ranges(
                 percentile=float(percentiles[row]),
                 lo=lo,
                 hi=hi,
-                coefficients=[float(v) for v in power_coefficients(chebyshev, lo, hi)],
+                coefficients=list(power),
                 chebyshev=[float(v) for v in chebyshev],
                 max_error=float(fit.max_error),
                 converged=bool(fit.converged),
