@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from search import credentials
+
 logger = logging.getLogger(__name__)
 
 SQLITE_TIMEOUT = 60.0
@@ -31,17 +33,12 @@ T = TypeVar("T")
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``.
+    """Return ``url`` with any password replaced by ``***`` (see ``search.credentials``).
 
     >>> mask_url("postgresql://user:secret@db/optuna")
     'postgresql://user:***@db/optuna'
     """
-    import sqlalchemy
-
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL has no password field to find
-        return url
+    return credentials.mask_url(url)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -210,7 +207,7 @@ def open_storage(
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    return credentials.mask_text(text.splitlines()[0])
 
 
 def load_study(storage: Any, name: str) -> Any:
