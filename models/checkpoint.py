@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -150,7 +151,10 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
     if not path.is_file():
         raise ValueError(f"checkpoint {path} is not a file")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        # Damaged files can make the loader warn before it fails; the error says enough.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many kinds on damaged input
         raise ValueError(
             f"checkpoint {path} is damaged or not a checkpoint ({_first_line(error)})"
