@@ -18,9 +18,9 @@ Chebyshev form.
 
 Robustness for kinked functions such as ReLU comes from three choices:
 
-- the error is sampled on a grid uniform in arccos(t) (dense at the ends) merged with the
-  function's special points (the kink) and a geometric cluster of points around each, so an
-  extremum sitting exactly on a kink is found exactly;
+- the error is sampled on a grid uniform in arccos(t), which is dense at the ends. The grid
+  also contains the function's special points (the kink) and a geometric cluster of points
+  around each, so an extremum sitting exactly on a kink is found exactly;
 - the new reference keeps, for every run of equal error sign, the point of largest |error|,
   then takes n + 2 consecutive runs that include the global maximum, which also copes with
   errors that alternate at more than n + 2 points (degree 2 of ReLU on [-1, 1] alternates at 5);
@@ -374,21 +374,15 @@ def _refine_extrema(
         x = mids[:, None] + halfs[:, None] * v
         gv = direction * (_evaluate(spec, x) - _clenshaw(coefficients, v))
         better = step & (gv > gb)
-        worse = step & ~better
         below = v < b
-        # Better: v becomes the centre and the old centre one side of the bracket.
-        a_new = np.where(better & ~below, b, a)
-        ga_new = np.where(better & ~below, gb, ga)
-        c_new = np.where(better & below, b, c)
-        gc_new = np.where(better & below, gb, gc)
-        # Worse: v only narrows the bracket.
-        a_new = np.where(worse & below, v, a_new)
-        ga_new = np.where(worse & below, gv, ga_new)
-        c_new = np.where(worse & ~below, v, c_new)
-        gc_new = np.where(worse & ~below, gv, gc_new)
-        b = np.where(better, v, b)
-        gb = np.where(better, gv, gb)
-        a, ga, c, gc = a_new, ga_new, c_new, gc_new
+        # A better v becomes the centre and the old centre replaces the bracket end on its
+        # side. A worse v only narrows the bracket on its own side.
+        moved, g_moved = np.where(better, b, v), np.where(better, gb, gv)
+        to_a = step & (better != below)
+        to_c = step & (better == below)
+        a, ga = np.where(to_a, moved, a), np.where(to_a, g_moved, ga)
+        c, gc = np.where(to_c, moved, c), np.where(to_c, g_moved, gc)
+        b, gb = np.where(better, v, b), np.where(better, gv, gb)
 
     return b, direction * gb
 
