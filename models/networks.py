@@ -1,10 +1,11 @@
 """The reference networks and user networks by import path.
 
-``cnn1``, ``cnn2`` and ``lenet5`` are the networks of the ReLU-polynomial reference
-work. Every nonlinearity is its own ``nn.ReLU`` module (not in place) with a distinct
-attribute name (``relu1``, ``relu2``, ...), so each one is a separate site that can be
-replaced. Dense input sizes follow from ``input_shape``: 4056 (cnn1) and 6912 (cnn2)
-for 1x28x28 MNIST images, 400 (lenet5) for both 1x28x28 and 3x32x32 images.
+``cnn1`` (one convolution), ``cnn2`` (two convolutions) and ``lenet5`` are the
+reference networks whose ReLUs the project replaces by polynomials. Every nonlinearity
+is its own ``nn.ReLU`` module (not in place) with a distinct attribute name (``relu1``,
+``relu2``, ...), so each one is a separate site that can be replaced. Dense input sizes
+follow from ``input_shape``: 4056 (cnn1) and 6912 (cnn2) for 1x28x28 MNIST images, 400
+(lenet5) for both 1x28x28 and 3x32x32 images.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def _import_factory(path: str) -> Callable[..., object]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(
-            f"cannot import module {module_name!r} of network {path!r}: {error}"
+            f"failed to import module {module_name!r} of network {path!r}: {error}"
         ) from error
     factory = module
     for part in attribute.split("."):

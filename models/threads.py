@@ -1,6 +1,6 @@
 """PyTorch CPU thread count from the cores that are available and idle.
 
-PyTorch starts one thread per core it sees. When another process keeps one of those
+By default PyTorch starts one thread per core. When another process keeps one of those
 cores busy, every parallel region waits for the slowest thread: on a 2-core machine
 with one core busy, an epoch of ``cnn1`` on MNIST took 56 s with 2 threads and 1.5 s
 with 1. So the default is the number of idle cores, never more than the available ones:

@@ -132,10 +132,10 @@ def train(
     torch.manual_seed(seed)
     model.to(device)
     trainable = _select_parameters(model, parameters)
-    optimiser = _make_optimizer(optimizer, trainable, lr)
+    torch_optimizer = _make_optimizer(optimizer, trainable, lr)
     steps_per_epoch = math.ceil(len(train_dataset) / batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch
+        torch_optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch
     )
     generator = torch.Generator().manual_seed(seed)
     loss_function = nn.CrossEntropyLoss()
@@ -160,9 +160,9 @@ def train(
                 loss = loss_function(model(inputs), labels)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(epoch, batch_index, loss.item())
-                optimiser.zero_grad(set_to_none=True)
+                torch_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimiser.step()
+                torch_optimizer.step()
                 scheduler.step()
                 total_loss += loss.item() * len(labels)
                 total_samples += len(labels)
@@ -203,9 +203,9 @@ def evaluate(
 ) -> Evaluation:
     """Measure the accuracy of ``model`` on ``dataset`` of ``(input, label)`` pairs.
 
-    The model runs in eval mode under ``torch.inference_mode`` on ``device`` (``None``:
-    the device of its first parameter, or the CPU for a network without parameters);
-    its training flag is restored afterwards. A sample whose logits contain NaN or an
+    The model runs in eval mode under ``torch.inference_mode`` on ``device``, and its
+    training flag is restored afterwards. ``device=None`` means the device of the first
+    parameter, or the CPU for a network without parameters. A sample whose logits contain NaN or an
     infinity is wrong, whatever its largest finite logit.
 
     Raises:
@@ -214,7 +214,7 @@ def evaluate(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(dataset) == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
+        raise ValueError("the dataset to evaluate is empty")
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -242,7 +242,7 @@ def evaluate(
 def _resolve_datasets(
     splits_or_train_dataset: object, validation: Dataset | None
 ) -> tuple[Dataset, Dataset | None]:
-    # DatasetSplits is recognised by its fields so that this module needs no import cycle.
+    # DatasetSplits is recognised by its fields, so this module does not import datasets.
     if hasattr(splits_or_train_dataset, "train") and hasattr(
         splits_or_train_dataset, "validation"
     ):

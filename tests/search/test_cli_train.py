@@ -116,7 +116,7 @@ def test_cli_train_evaluate_and_mlflow(tmp_path, run_cli, snapshot_files):
         (["evaluate", "--checkpoint", "damaged.pt"], "checkpoint damaged.pt is damaged"),
         (
             ["evaluate", "--checkpoint", "cnn1.pt", "--model", "cnn2"],
-            "checkpoint cnn1.pt holds network 'cnn1', not 'cnn2'",
+            "checkpoint cnn1.pt contains network 'cnn1', not 'cnn2'",
         ),
     ],
 )
