@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="network the checkpoint must hold, e.g. cnn2 (default: any)",
+        help="network the checkpoint must contain, e.g. cnn2 (default: any)",
     )
     parser.add_argument(
         "--split",

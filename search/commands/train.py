@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from search.spec import DEFAULT_MLFLOW_URI
 
 HELP = "train a network on a dataset and save the checkpoint"
 
-DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
+# MLflow experiment of every ``polysearch train`` run.
 EXPERIMENT = "training"
 
 
@@ -44,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="network: cnn1, cnn2, lenet5, or an import path package.module:factory",
     )
     parser.add_argument("--dataset", required=True, help="dataset: mnist, cifar10 or caltech101")
+
     parser.add_argument(
         "--epochs", type=positive_int, default=10, help="passes over the train split (default: 10)"
     )
@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the splits, weights and order (default: 0)"
     )
+
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
     )
@@ -74,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use at most this many images of each split (default: all)",
     )
+
     parser.add_argument(
         "--output",
         type=Path,
