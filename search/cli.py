@@ -74,13 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from search.credentials import install_log_masking, mask_text
+
+    install_log_masking()
     try:
         from models.threads import configure_threads
 
         configure_threads(args.threads)
         return int(args.handler(args))
     except USER_ERRORS as error:
-        message = str(error) or type(error).__name__
+        message = mask_text(str(error) or type(error).__name__)
         print(f"polysearch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

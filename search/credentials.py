@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 MASK = "***"
 
@@ -72,40 +73,42 @@ def has_credentials(text: str) -> bool:
     return mask_text(text) != text
 
 
-class MaskingFilter(logging.Filter):
-    """A logging filter that masks credentials in every record it passes.
+def mask_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Mask credentials in a log record's message and traceback, in place, and return it.
 
-    The record's message is formatted with its arguments first, so that a URL passed as an
-    argument (``logger.info("opened %s", url)``) is masked as well. The filter never drops a
-    record.
+    The message is formatted with its arguments first, so that a URL passed as an argument
+    (``logger.info("opened %s", url)``) is masked as well.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            # A malformed format string: leave the record for the handler to report.
-            return True
-        masked = mask_text(message)
-        if masked != message:
-            record.msg = masked
-            record.args = None
-        if record.exc_info and not record.exc_text:
-            # Format the traceback now, as the handler's formatter would, so it is masked too.
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = mask_text(record.exc_text)
-        return True
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):
+        # A malformed format string: leave the record for the handler to report.
+        return record
+    masked = mask_text(message)
+    if masked != message:
+        record.msg = masked
+        record.args = None
+    if record.exc_info and not record.exc_text:
+        # Format the traceback now, as a handler's formatter would, so it is masked too.
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = mask_text(record.exc_text)
+    return record
 
 
-def install_masking_filter(logger: logging.Logger | None = None) -> None:
-    """Add a :class:`MaskingFilter` to every handler of ``logger`` (default: the root logger).
+def install_log_masking() -> None:
+    """Mask credentials in every log record of the process, from any library's logger.
 
-    A filter on the handlers, unlike one on the logger, also sees the records that other
-    libraries' loggers propagate to the root logger. Handlers that already have one keep a
-    single filter.
+    Wraps the log record factory, so records are masked when they are created, before any
+    handler sees them; handlers that libraries such as MLflow add on their own loggers are
+    covered too. Calling it again changes nothing.
     """
-    target = logger or logging.getLogger()
-    for handler in target.handlers:
-        if not any(isinstance(item, MaskingFilter) for item in handler.filters):
-            handler.addFilter(MaskingFilter())
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "masks_credentials", False):
+        return
+
+    def masking_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return mask_record(factory(*args, **kwargs))
+
+    masking_factory.masks_credentials = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masking_factory)
