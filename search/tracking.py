@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from search.credentials import mask_text
 from search.spec import DEFAULT_MLFLOW_URI
 from search.storage import check_sqlite_url, mask_url, retry_locked, sqlite_path
 
@@ -134,8 +135,14 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _param_text(value: Any) -> str:
-    text = str(value)
+    # Parameters and tags may hold storage URLs or error messages; never their passwords.
+    text = mask_text(str(value))
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def mask_value(value: Any) -> Any:
+    """Return a string with its credentials masked; other values unchanged."""
+    return mask_text(value) if isinstance(value, str) else value
 
 
 def log_batch(
@@ -157,7 +164,7 @@ def log_batch(
         for key, value in (metrics or {}).items()
         if value is not None and math.isfinite(float(value))
     ]
-    tag_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    tag_list = [RunTag(key, _param_text(value)) for key, value in (tags or {}).items()]
     # MLflow accepts at most 100 parameters and 1000 metrics per batch.
     for start in range(0, max(len(param_list), 1), 100):
         retry_locked(client.log_batch)(run_id, params=param_list[start : start + 100])
@@ -181,7 +188,13 @@ def start_launch_run(
         experiment, tags={key: str(value) for key, value in tags.items()}, run_name="launch"
     )
     log_batch(client, run.info.run_id, params=flatten(spec))
-    retry_locked(client.log_dict)(run.info.run_id, dict(spec), "specification.json")
+    masked = {
+        section: {key: mask_value(value) for key, value in values.items()}
+        if isinstance(values, Mapping)
+        else mask_value(values)
+        for section, values in spec.items()
+    }
+    retry_locked(client.log_dict)(run.info.run_id, masked, "specification.json")
     return run.info.run_id
 
 
@@ -406,7 +419,7 @@ class TrialTracker:
             retry_locked(self.client.set_tag)(run_id, "optuna_state", "PRUNED")
             end_run(self.client, run_id, "FINISHED")
             return
-        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        reason = mask_text(f"{type(error).__name__}: {error}".splitlines()[0])
         try:
             trial.set_user_attr("fail_reason", reason)
         except Exception as attr_error:  # noqa: BLE001 - the run still has to end
@@ -471,12 +484,26 @@ class StaleTrialHandler:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
         retry(study, trial)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            from mlflow import MlflowClient
+        from mlflow import MlflowClient
 
-            fail_stale_run(
-                MlflowClient(tracking_uri=self.mlflow_uri),
-                run_id,
-                "the trial's process stopped (no heartbeat)",
-            )
+        client = MlflowClient(tracking_uri=self.mlflow_uri)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        run_ids = [run_id] if run_id else []
+        if not run_ids:
+            # The process died between creating the run and storing its id in the trial.
+            run_ids = running_trial_runs(client, study.study_name, trial.number)
+        for run_id in run_ids:
+            fail_stale_run(client, run_id, "the trial's process stopped (no heartbeat)")
+
+
+def running_trial_runs(client: Any, study_name: str, trial_number: int) -> list[str]:
+    """Return the ids of the RUNNING MLflow runs of one trial of a study."""
+    experiment = retry_locked(client.get_experiment_by_name)(study_name)
+    if experiment is None:
+        return []
+    filter_string = (
+        f"tags.optuna_study = '{study_name}' and tags.optuna_trial_number = '{trial_number}' "
+        "and attributes.status = 'RUNNING'"
+    )
+    runs = retry_locked(client.search_runs)([experiment.experiment_id], filter_string)
+    return [run.info.run_id for run in runs]
