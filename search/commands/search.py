@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from search.credentials import mask_url
+
 HELP = "run (or continue) the search a study specification describes"
 
 logger = logging.getLogger(__name__)
@@ -141,18 +143,28 @@ def best_so_far(study: Any) -> str:
 def _worker_process(
     spec: Any, parent_run_id: str, index: int, threads: int, log_level: str
 ) -> None:
-    """Entry point of a spawned worker process."""
+    """Entry point of a spawned worker process; exits with status 2 when a store fails."""
     logging.basicConfig(
         level=log_level,
         format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from search.credentials import install_log_masking
+
+    install_log_masking()
     import torch
 
     from search.study import run_worker
 
     torch.set_num_threads(threads)
-    run_worker(spec, parent_run_id=parent_run_id, worker_index=index)
+    try:
+        run_worker(spec, parent_run_id=parent_run_id, worker_index=index)
+    except Exception as error:
+        converted = store_failure(error, spec)
+        if converted is None:
+            raise
+        logger.error("%s", converted)
+        sys.exit(2)
 
 
 def _run_workers(
@@ -185,8 +197,54 @@ def _run_workers(
         raise
     printer.poll(study)
     failed = [process.name for process in processes if process.exitcode != 0]
+    if failed and all(process.exitcode == 2 for process in processes if process.exitcode):
+        raise ValueError(
+            f"worker processes {', '.join(failed)} stopped because a store failed (see the log); "
+            "the study is kept as stored: run the same command again to resume"
+        )
     if failed:
         raise RuntimeError(f"worker processes {', '.join(failed)} ended with an error (see log)")
+
+
+def store_failure(error: BaseException, spec: Any) -> ValueError | None:
+    """Return a one-line ValueError for an Optuna storage or MLflow store failure, else None.
+
+    Connection losses and server errors reach the worker loop as SQLAlchemy or Optuna storage
+    errors (Optuna storage) or as ``MlflowException`` (MLflow store). Each write of both
+    stores is one transaction, so what is stored stays consistent; a trial that was running
+    is failed by the heartbeat of the next worker and its parameters are retried.
+    """
+    import optuna
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+
+    from search.credentials import mask_text
+
+    if isinstance(error, MlflowException):
+        what, url = "MLflow store", spec.tracking.mlflow_uri
+    elif isinstance(
+        error, optuna.exceptions.StorageInternalError | sqlalchemy.exc.SQLAlchemyError
+    ):
+        what, url = "Optuna storage", spec.tracking.storage
+    else:
+        return None
+    # Optuna's own message is generic; the driver's error below it names the cause.
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else None
+    text = str(cause or error).strip() or type(error).__name__
+    return ValueError(
+        f"the {what} {mask_url(url)!r} failed: {mask_text(text.splitlines()[0])}; the study is "
+        "kept as stored: once the store is reachable again, run the same command to resume"
+    )
+
+
+def _end_launch_run(client: Any, run_id: str, status: str, reason: str) -> None:
+    """End the launch's run, logging instead of raising when the MLflow store fails too."""
+    from search import tracking
+
+    try:
+        tracking.end_run(client, run_id, status, reason=reason)
+    except Exception as error:  # noqa: BLE001 - the original error is the one to report
+        logger.warning("cannot end MLflow run %s as %s: %s", run_id, status, error)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         create_study,
         ensure_checkpoint,
         fail_stale_trials,
+        load_context,
         open_study_storage,
         run_worker,
     )
@@ -207,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
     storage = open_study_storage(spec)
     client = tracking.open_client(spec.tracking.mlflow_uri)
     ensure_checkpoint(spec)
+    # Load the network and data before the study exists, so that a checkpoint, dataset or
+    # network without nonlinearities fails without storing anything.
+    context = load_context(spec)
     study = create_study(spec, storage)
     fail_stale_trials(study)
     finished, running = count_trials(study)
@@ -231,18 +293,23 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         if workers == 1:
-            run_worker(spec, parent_run_id=parent_run_id, on_trial=printer.on_trial)
+            run_worker(
+                spec, parent_run_id=parent_run_id, on_trial=printer.on_trial, context=context
+            )
         else:
             total = args.threads if args.threads else available_cores()
             threads = max(1, total // workers)
             _run_workers(spec, parent_run_id, study, printer, threads, args.log_level)
     except KeyboardInterrupt:
-        tracking.end_run(client, parent_run_id, "KILLED", reason="interrupted")
+        _end_launch_run(client, parent_run_id, "KILLED", "interrupted")
         raise
     except BaseException as error:
-        reason = f"{type(error).__name__}: {error}"
-        tracking.end_run(client, parent_run_id, "FAILED", reason=reason)
-        raise
+        converted = store_failure(error, spec)
+        reason = f"{type(error).__name__}: {error}" if converted is None else str(converted)
+        _end_launch_run(client, parent_run_id, "FAILED", reason)
+        if converted is None:
+            raise
+        raise converted from None
     finally:
         printer.close()
     elapsed = time.monotonic() - started
@@ -252,10 +319,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"Study {spec.name!r}: {finished} trials finished in {elapsed:.0f} s; {best_so_far(study)}"
     )
-    print(f"Open the dashboard:  polysearch dashboard --storage {spec.tracking.storage}")
+    storage_url = mask_url(spec.tracking.storage)
+    print(f"Open the dashboard:  polysearch dashboard --storage {storage_url}")
     print(
         f"Pull the best result: polysearch best --study {spec.name} "
-        f"--storage {spec.tracking.storage} --mlflow-uri {spec.tracking.mlflow_uri} "
+        f"--storage {storage_url} --mlflow-uri {mask_url(spec.tracking.mlflow_uri)} "
         f"--output {spec.name}-best.json"
     )
     return 0
