@@ -98,12 +98,16 @@ class FunctionSpec:
         special_points: x values where the function bends sharply: kinks, and the centre of a
             smooth transition. The fitter always samples the error there and close around them.
         linear_pieces: intervals on which the function is exactly linear.
+        smooth_elsewhere: True when the function is smooth away from its special points, as
+            for the named activations. For a callable the fitter cannot know, so it locates
+            every extremum with a search that also works at a hidden kink, at more cost.
     """
 
     name: str
     function: ArrayFunction
     special_points: tuple[float, ...] = ()
     linear_pieces: tuple[LinearPiece, ...] = ()
+    smooth_elsewhere: bool = True
 
 
 def _check_parameters(name: str, params: dict[str, float]) -> None:
@@ -152,7 +156,9 @@ def describe_function(
                 "bind them into the callable instead"
             )
         name = getattr(function, "__name__", type(function).__name__)
-        return FunctionSpec(name=name, function=function, special_points=extra)
+        return FunctionSpec(
+            name=name, function=function, special_points=extra, smooth_elsewhere=False
+        )
 
     if not isinstance(function, str):
         raise TypeError(

@@ -196,6 +196,19 @@ def test_fit_minimax_callable_with_kink():
     assert fit.max_error == pytest.approx(0.125, abs=1e-10)
 
 
+@pytest.mark.parametrize("degree", [2, 3])
+def test_fit_minimax_callable_hidden_kink(degree):
+    def shifted_absolute(x):
+        return np.abs(x - 0.3)
+
+    fit = fit_minimax(shifted_absolute, -0.7, 1.3, degree)
+    # |x - 0.3| on [-0.7, 1.3] is |u| on [-1, 1]: minimax error 1/8 at degrees 2 and 3. The
+    # kink is not declared, so it must be found by the search between grid points.
+    assert fit.max_error == pytest.approx(0.125, abs=1e-10)
+    assert fit.converged
+    assert dense_max_error(fit, shifted_absolute) <= fit.max_error * (1.0 + 1e-9)
+
+
 def test_fit_minimax_exp_linear_closed_form():
     fit = fit_minimax(np.exp, 0.0, 1.0, 1)
     # Best line for exp on [0, 1]: slope e - 1, touching at x* = log(e - 1).
