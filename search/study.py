@@ -8,11 +8,11 @@ towards that budget; FAIL trials do not, because a failed trial is retried or re
 network on which every configuration fails cannot loop for ever, a worker also stops after
 as many failed trials of its own as the budget.
 
-Before asking for a trial, a worker takes a local file lock and counts finished plus running
-trials; if those already fill the budget it waits for the running ones instead of starting
-another. Several workers on one study therefore end at exactly ``n_trials`` finished trials
-(workers on other machines share the storage but not the lock; they can overshoot by the
-number of trials started at the same moment).
+Before asking for a trial, a worker takes the study's budget lock (see :class:`BudgetLock`)
+and counts finished plus running trials; if those already fill the budget it waits for the
+running ones instead of starting another. Several workers on one study therefore end at
+exactly ``n_trials`` finished trials. On PostgreSQL the lock is held in the database and
+covers workers on every machine; on SQLite it is a file lock of the machine.
 
 Trials whose process died are failed through Optuna's heartbeat: a running trial records a
 heartbeat every ``heartbeat_interval`` seconds, and any worker fails a trial whose last
@@ -146,23 +146,68 @@ def count_trials(study: Any) -> tuple[int, int]:
 
 
 class BudgetLock:
-    """An exclusive lock, shared by the local processes of one study, around starting a trial.
+    """An exclusive lock, shared by every worker of one study, around starting a trial.
 
-    The lock file lives in the temporary folder, named after a hash of storage URL and study,
-    so it never touches the storage's own folder.
+    On PostgreSQL it is a session-level advisory lock of the storage database, so workers on
+    different machines share it, and the server releases it when a worker's connection ends,
+    also when the worker dies. On other storages it is a file lock, shared by the processes
+    of one machine only; the lock file lives in the temporary folder, named after a hash of
+    storage URL and study, so it never touches the storage's own folder.
+
+    Args:
+        storage_url: the Optuna storage URL.
+        study_name: the study.
+        engine: the storage's SQLAlchemy engine; the advisory lock is used when it connects
+            to PostgreSQL.
     """
 
-    def __init__(self, storage_url: str, study_name: str):
+    def __init__(self, storage_url: str, study_name: str, engine: Any = None):
         digest = hashlib.sha256(f"{storage_url}\n{study_name}".encode()).hexdigest()[:16]
         self.path = Path(tempfile.gettempdir()) / f"polysearch-{digest}.lock"
+        self.engine = (
+            engine if engine is not None and engine.dialect.name == "postgresql" else None
+        )
+        # Advisory lock keys are signed 64-bit integers; the study name alone sets the key,
+        # so that every URL spelling of one database shares the lock.
+        name_digest = hashlib.sha256(f"polysearch budget\n{study_name}".encode()).digest()
+        self.key = int.from_bytes(name_digest[:8], "big", signed=True)
         self._stream: Any = None
+        self._connection: Any = None
 
     def acquire(self) -> None:
+        if self.engine is not None:
+            if self._connection is None:
+                from sqlalchemy import text
+
+                connection = self.engine.connect()
+                try:
+                    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+                    connection.commit()
+                except BaseException:
+                    connection.invalidate()
+                    connection.close()
+                    raise
+                self._connection = connection
+            return
         if self._stream is None:
             self._stream = self.path.open("a")
             fcntl.flock(self._stream, fcntl.LOCK_EX)
 
     def release(self) -> None:
+        if self._connection is not None:
+            from sqlalchemy import text
+            from sqlalchemy.exc import SQLAlchemyError
+
+            connection, self._connection = self._connection, None
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+                connection.commit()
+                connection.close()
+            except SQLAlchemyError as error:
+                # The server dropped the session, and with it the lock.
+                logger.warning("cannot release the budget lock: %s", error)
+                connection.invalidate()
+                connection.close()
         if self._stream is not None:
             fcntl.flock(self._stream, fcntl.LOCK_UN)
             self._stream.close()
@@ -611,7 +656,7 @@ def run_worker(
             "study": spec.name,
         },
     )
-    lock = BudgetLock(spec.tracking.storage, spec.name)
+    lock = BudgetLock(spec.tracking.storage, spec.name, storage.engine)
     objective = Objective(context, tracker, on_start=lock.release)
     summary = WorkerSummary()
 
