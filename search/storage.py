@@ -177,6 +177,10 @@ def open_storage(
     engine_kwargs: dict[str, Any] = {}
     if path is not None:
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
+    elif not url.startswith("sqlite"):
+        # A database server may close idle connections or restart while a trial runs; test
+        # each pooled connection before use, so that a worker reconnects instead of failing.
+        engine_kwargs["pool_pre_ping"] = True
     try:
         storage = retry_locked(optuna.storages.RDBStorage)(
             url,
