@@ -1,10 +1,10 @@
 """Scalar activation functions in numpy, described for the minimax fitter.
 
-Every function takes a float64 array and returns an array of the same shape. Besides the
-function itself, the fitter needs to know where a function bends sharply (a kink of ReLU, the
-centre of the transition of tanh) because the extrema of the approximation error cluster there,
-and where a function is exactly linear, because a polynomial of degree 1 or more then fits it
-with zero error.
+Every function takes a float64 array and returns an array of the same shape. The fitter also
+needs to know where a function bends sharply (a kink of ReLU, the centre of the transition of
+tanh), because the extrema of the approximation error cluster there. It also needs to know
+where a function is exactly linear, because a polynomial of degree 1 or more then fits it with
+zero error.
 """
 
 from __future__ import annotations
