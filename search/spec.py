@@ -36,8 +36,9 @@ DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
 
 # Samplers that support one objective only; the others accept one or two objectives.
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
-# Degree and percentile bounds accepted in a search space.
-DEGREE_LIMITS = (1, 16)
+# Degrees a search space may contain. The fitter accepts other degrees (``polysearch fit``),
+# but searches stay within 2-8: degree 1 is a line, not an approximation of a nonlinearity.
+DEGREE_LIMITS = (2, 8)
 
 
 @dataclass(frozen=True)
