@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lr",
         type=positive_float,
         default=None,
-        help="peak learning rate of the one-cycle schedule (default: 0.01 Adam, 0.1 SGD)",
+        help="peak learning rate of the one-cycle schedule (default: 0.007 Adam, 0.1 SGD)",
     )
     parser.add_argument(
         "--optimizer", choices=["adam", "sgd"], default="adam", help="optimizer (default: adam)"
