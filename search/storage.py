@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 SQLITE_TIMEOUT = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
+# The first bytes of a SQLite rollback journal that still has to be played back.
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
 LOCK_RETRIES = 5
 
 T = TypeVar("T")
@@ -93,7 +95,27 @@ def check_sqlite_url(url: str, *, must_exist: bool, what: str, hint: str) -> Pat
         raise ValueError(
             f"cannot open {what} {mask_url(url)!r}: the file is not a SQLite database; {hint}"
         )
+    _check_journal(url, path, what)
     return path
+
+
+def _check_journal(url: str, path: Path, what: str) -> None:
+    """Reject a rollback journal beside the database that SQLite would not recognise.
+
+    A journal left by a writer that died starts with the journal magic number, and SQLite
+    rolls it back on the next open, which is what recovers the database. A journal with any
+    other non-zero header is not SQLite's, and SQLite would delete it without a word.
+    """
+    journal = path.with_name(path.name + "-journal")
+    if not journal.is_file():
+        return
+    with journal.open("rb") as stream:
+        header = stream.read(len(JOURNAL_MAGIC))
+    if header.strip(b"\x00") and header != JOURNAL_MAGIC:
+        raise ValueError(
+            f"cannot open {what} {mask_url(url)!r}: {str(journal)!r} is not a SQLite rollback "
+            "journal; if no process uses the database, move that file away and run again"
+        )
 
 
 def _is_lock_error(error: BaseException) -> bool:
