@@ -83,14 +83,27 @@ def parse_site_option(text: str) -> tuple[str, Any, Any]:
     return name, degree, percentile
 
 
-def build_settings(args: argparse.Namespace, site_names: list[str]) -> dict[str, Any]:
-    """Return the SiteSetting of every site from --degree, --percentile and --site."""
+def check_setting_options(args: argparse.Namespace) -> tuple[int, float]:
+    """Check --degree, --percentile and the --site syntax before any data is loaded."""
     from approx.calibration import check_percentile
-    from approx.strategies import SiteSetting
     from approx.substitute import check_degree
 
     degree = check_degree(parse_number(args.degree, "--degree", int))
     percentile = check_percentile(parse_number(args.percentile, "--percentile"))
+    for text in args.site:
+        _, site_degree, site_percentile = parse_site_option(text)
+        for value in site_degree if isinstance(site_degree, list) else [site_degree]:
+            check_degree(value)
+        for value in site_percentile if isinstance(site_percentile, list) else [site_percentile]:
+            check_percentile(value)
+    return degree, percentile
+
+
+def build_settings(args: argparse.Namespace, site_names: list[str]) -> dict[str, Any]:
+    """Return the SiteSetting of every site from --degree, --percentile and --site."""
+    from approx.strategies import SiteSetting
+
+    degree, percentile = check_setting_options(args)
     settings = {name: SiteSetting(degree, percentile) for name in site_names}
     for text in args.site:
         name, site_degree, site_percentile = parse_site_option(text)
@@ -137,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.output} already exists; pass --overwrite or choose another path")
     if args.config is not None:
         configuration = Configuration.load(args.config)
+    else:
+        check_setting_options(args)
     device = resolve_device(args.device)
     model, metadata, splits, calibration = load_inputs(args)
     original = evaluate_network(model.to(device), splits.validation, device=device)

@@ -1,0 +1,112 @@
+"""The calibrate and approximate commands through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+LIMIT = "1000"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, mnist_small, trained_cnn2):
+    from models.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("cli") / "cnn2.pt"
+    save_checkpoint(
+        path,
+        trained_cnn2,
+        network="cnn2",
+        dataset="mnist",
+        input_shape=mnist_small.input_shape,
+        num_classes=10,
+        mean=mnist_small.mean,
+        std=mnist_small.std,
+        options={"seed": 0},
+        accuracies={},
+    )
+    return path
+
+
+def test_cli_calibrate_prints_channel_ranges(run_cli, checkpoint):
+    completed = run_cli(
+        "calibrate",
+        "--checkpoint",
+        str(checkpoint),
+        "--limit",
+        LIMIT,
+        "--calibration-size",
+        "200",
+        "--granularity",
+        "channel",
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith("2 sites, 200 calibration images")
+    assert sum(line.strip().startswith("channel") for line in lines) == 6 + 12
+
+
+def test_cli_approximate_saves_and_applies_config(run_cli, checkpoint, tmp_path):
+    output = tmp_path / "config.json"
+    completed = run_cli(
+        "approximate",
+        "--checkpoint",
+        str(checkpoint),
+        "--limit",
+        LIMIT,
+        "--calibration-size",
+        "200",
+        "--strategy",
+        "stepwise",
+        "--degree",
+        "3",
+        "--percentile",
+        "99",
+        "--site",
+        "relu2=2:95",
+        "--output",
+        str(output),
+    )
+    assert completed.returncode == 0, completed.stderr
+    stdout = completed.stdout
+    assert "test accuracy:" in stdout
+    data = json.loads(output.read_text())
+    assert [site["channels"][0]["degree"] for site in data["sites"]] == [3, 2]
+    applied = run_cli(
+        "approximate", "--checkpoint", str(checkpoint), "--limit", LIMIT, "--config", str(output)
+    )
+    assert applied.returncode == 0, applied.stderr
+
+    def accuracy_lines(text):
+        return [line for line in text.splitlines() if line.startswith(("validation", "test"))]
+
+    assert accuracy_lines(applied.stdout) == accuracy_lines(stdout)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--site", "relu1=2"], "expected NAME=DEGREE:PERCENTILE"),
+        (["--site", "relu9=2:95"], "unknown site 'relu9'"),
+        (["--percentile", "0"], "percentile must be in (0, 100]"),
+        (["--percentile", "101"], "percentile must be in (0, 100]"),
+        (["--degree", "-1"], "degree must be between 0 and 32"),
+    ],
+)
+def test_cli_approximate_bad_input_exits_2(run_cli, checkpoint, options, message):
+    completed = run_cli(
+        "approximate",
+        "--checkpoint",
+        str(checkpoint),
+        "--limit",
+        "200",
+        "--calibration-size",
+        "50",
+        *options,
+    )
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0].startswith("polysearch approximate: error:")
+    assert message in lines[0]
