@@ -14,10 +14,12 @@ never create a file at all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -168,6 +170,41 @@ def _configure_sqlite_engine(engine: Any) -> None:
     engine.dispose()
 
 
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while tables are created in the database of ``url``.
+
+    Optuna and MLflow create their tables when they first open an empty database; workers
+    that start together would create them at once and fail on duplicate names. Inside this
+    context, one process at a time does it. Other databases need no lock (SQLite locks the
+    whole file), and the context does nothing for them.
+    """
+    import sqlalchemy
+
+    try:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    except Exception:  # noqa: BLE001 - an unparsable URL fails when it is opened
+        backend = None
+    if backend != "postgresql":
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(b"polysearch schema").digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
 STORAGE_HINT = "pass --storage sqlite:///PATH/TO/optuna.db with an existing folder"
 
 
@@ -204,13 +241,14 @@ def open_storage(
         # each pooled connection before use, so that a worker reconnects instead of failing.
         engine_kwargs["pool_pre_ping"] = True
     try:
-        storage = retry_locked(optuna.storages.RDBStorage)(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=stale_trial_callback,
-        )
+        with schema_lock(url):
+            storage = retry_locked(optuna.storages.RDBStorage)(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         raise ValueError(
             f"cannot open Optuna storage {mask_url(url)!r}: {_first_line(error)}; {STORAGE_HINT}"

@@ -27,7 +27,7 @@ from typing import Any
 
 from search.credentials import mask_text
 from search.spec import DEFAULT_MLFLOW_URI
-from search.storage import check_sqlite_url, mask_url, retry_locked, sqlite_path
+from search.storage import check_sqlite_url, mask_url, retry_locked, schema_lock, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> A
     Raises:
         ValueError: the URI cannot be used; the message holds it (password masked) and a hint.
     """
+    import sqlalchemy
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -93,10 +94,13 @@ def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> A
             path.parent.mkdir(parents=True, exist_ok=True)
     check_sqlite_url(uri, must_exist=must_exist, what="MLflow store", hint=MLFLOW_HINT)
     try:
-        client = MlflowClient(tracking_uri=uri)
-        retry_locked(client.search_experiments)(max_results=1)
-    except MlflowException as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        # The first client on an empty database creates MLflow's tables.
+        with schema_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            retry_locked(client.search_experiments)(max_results=1)
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as error:
+        text = str(error).strip()
+        first = mask_text(text.splitlines()[0]) if text else repr(error)
         raise ValueError(
             f"cannot open MLflow store {mask_url(uri)!r}: {first}; {MLFLOW_HINT}"
         ) from None
