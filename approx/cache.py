@@ -79,6 +79,11 @@ class CalibrationCache:
         self._prefixes: OrderedDict[tuple, PrefixState] = OrderedDict()
         self.calibrations = 0  # forward passes over the calibration set, for tests and logs
 
+    @property
+    def model(self) -> nn.Module | None:
+        """The network this cache serves (None before ``bind``)."""
+        return self._model
+
     def bind(self, model: nn.Module, calibration_inputs: torch.Tensor) -> None:
         """Serve ``model`` and ``calibration_inputs``, clearing what another pair stored."""
         if self._model is model and self._inputs is calibration_inputs:

@@ -565,16 +565,13 @@ class _Run:
         )
         configuration = Configuration.from_report(
             report,
-            network=type(self.cache_model()).__name__,
+            network=type(self.cache.model).__name__,
             weights=network_weights(model) if self.retrain is not None else None,
         )
         model.eval()
         return ApproximationResult(
             model=model, report=report, configuration=configuration, statistics=statistics
         )
-
-    def cache_model(self) -> nn.Module:
-        return self.cache._model
 
 
 class _FrozenUpstream(nn.Module):
