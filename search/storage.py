@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -241,7 +242,10 @@ def open_storage(
         # each pooled connection before use, so that a worker reconnects instead of failing.
         engine_kwargs["pool_pre_ping"] = True
     try:
-        with schema_lock(url):
+        with schema_lock(url), warnings.catch_warnings():
+            # Heartbeats are marked experimental in Optuna; the warning would precede every
+            # error message and every launch.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = retry_locked(optuna.storages.RDBStorage)(
                 url,
                 engine_kwargs=engine_kwargs,
