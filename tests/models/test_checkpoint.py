@@ -105,7 +105,7 @@ def test_checkpoint_truncated_file_rejected(tmp_path):
 
 
 def test_checkpoint_with_code_rejected(tmp_path):
-    # A pickle that would run code is refused by the weights-only loader.
+    # The weights-only loader rejects a pickle that would run code.
     marker = tmp_path / "executed"
 
     class RunsCode:
