@@ -220,17 +220,31 @@ def store_failure(error: BaseException, spec: Any) -> ValueError | None:
 
     from search.credentials import mask_text
 
-    if isinstance(error, MlflowException):
-        what, url = "MLflow store", spec.tracking.mlflow_uri
-    elif isinstance(
-        error, optuna.exceptions.StorageInternalError | sqlalchemy.exc.SQLAlchemyError
-    ):
-        what, url = "Optuna storage", spec.tracking.storage
+    # Optuna can replace a storage error by one of its own while it cleans up after a trial
+    # (Optuna 5.1 raises UnboundLocalError when it cannot read the trial back), so the
+    # store error may sit further down the chain of causes.
+    found: BaseException | None = error
+    seen: set[int] = set()
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        if isinstance(
+            found,
+            MlflowException
+            | optuna.exceptions.StorageInternalError
+            | sqlalchemy.exc.SQLAlchemyError,
+        ):
+            break
+        found = found.__cause__ or found.__context__
     else:
         return None
+    if isinstance(found, MlflowException):
+        what, url = "MLflow store", spec.tracking.mlflow_uri
+    else:
+        what, url = "Optuna storage", spec.tracking.storage
     # Optuna's own message is generic; the driver's error below it names the cause.
-    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else None
-    text = str(cause or error).strip() or type(error).__name__
+    if isinstance(found, optuna.exceptions.StorageInternalError) and found.__cause__:
+        found = found.__cause__
+    text = str(found).strip() or type(found).__name__
     return ValueError(
         f"the {what} {mask_url(url)!r} failed: {mask_text(text.splitlines()[0])}; the study is "
         "kept as stored: once the store is reachable again, run the same command to resume"
