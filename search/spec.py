@@ -55,7 +55,7 @@ class TrainSpec:
 
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 1e-2
+    lr: float = 7e-3
     optimizer: str = "adam"
 
 

@@ -455,12 +455,15 @@ class Objective:
         single_objective = len(spec.search.objectives) == 1
         steps: list[float] = []
 
+        final_step = expected_steps(spec, len(settings)) - 1
+
         def on_step(_step: int, accuracy: float) -> None:
             # Optuna's steps count every callback: each substitution and retraining epoch.
             steps.append(float(accuracy))
             if single_objective and math.isfinite(accuracy):
                 trial.report(float(accuracy), len(steps) - 1)
-                if trial.should_prune():
+                # After the final step the result is complete: keep it rather than prune it.
+                if len(steps) - 1 < final_step and trial.should_prune():
                     trial.set_user_attr("step_accuracies", steps)
                     raise optuna.TrialPruned(
                         f"accuracy {accuracy:.2f} % after step {len(steps) - 1}"
@@ -518,6 +521,20 @@ class Objective:
             he_cost=he_cost,
             steps=steps,
         )
+
+
+def expected_steps(spec: StudySpec, n_sites: int) -> int:
+    """Return how many times ``approximate`` calls ``on_step`` for ``n_sites`` sites.
+
+    All at once: one step. Step-wise: one per site. With retraining, also one per retraining
+    epoch after every site but the last.
+    """
+    strategy = spec.approximation.strategy
+    if strategy == "all-at-once":
+        return 1
+    if strategy == "stepwise":
+        return n_sites
+    return n_sites + spec.retrain.epochs * (n_sites - 1)
 
 
 def network_he_cost(report: Any) -> float:
@@ -653,6 +670,9 @@ def run_worker(
             "checkpoint": str(spec.network.checkpoint.resolve()),
             "network": spec.network.name,
             "dataset": spec.data.dataset,
+            "data_dir": None if spec.data.dir is None else str(spec.data.dir.resolve()),
+            "data_limit": spec.data.limit,
+            "seed": spec.seed,
             "study": spec.name,
         },
     )

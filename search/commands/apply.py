@@ -100,7 +100,6 @@ def log_model(
 
 def run(args: argparse.Namespace) -> int:
     from approx.config import Configuration
-
     from models.checkpoint import load_checkpoint
     from models.datasets import load_dataset
     from models.training import evaluate
@@ -120,7 +119,15 @@ def run(args: argparse.Namespace) -> int:
         )
     model, metadata = load_checkpoint(checkpoint)
     approximated = configuration.build(model)
-    splits = load_dataset(metadata["dataset"], args.data_dir)
+    # The split the search used: same seed and image limit, as the configuration records.
+    recorded = configuration.metadata
+    data_dir = args.data_dir or recorded.get("data_dir")
+    splits = load_dataset(
+        metadata["dataset"],
+        data_dir,
+        seed=int(recorded.get("seed", 0)),
+        limit=recorded.get("data_limit"),
+    )
     evaluation = evaluate(approximated, splits.test)
     payload = {
         "configuration": configuration.to_dict(),

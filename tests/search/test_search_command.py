@@ -26,7 +26,7 @@ def _states(study):
     return [trial.state for trial in study.get_trials(deepcopy=False)]
 
 
-def test_search_logs_runs_and_best_returns_top_trial(tmp_path, tiny_checkpoint):
+def test_search_logs_runs_best_top_trial(tmp_path, tiny_checkpoint):
     spec = write_spec(tmp_path, tiny_checkpoint, n_trials=4)
     result = polysearch("search", str(spec), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -52,7 +52,7 @@ def test_search_logs_runs_and_best_returns_top_trial(tmp_path, tiny_checkpoint):
         assert run.data.params["relu1.degree"] == str(trial.params["relu1.degree"])
         assert run.data.metrics["validation_accuracy"] == pytest.approx(trial.value)
         if "duplicate_of" in trial.user_attrs:
-            # A repeated configuration points at the run that holds its artifacts.
+            # A repeated configuration points at the run that contains its artifacts.
             original = study.trials[trial.user_attrs["duplicate_of"]]
             assert run.data.tags["duplicate_of_run"] == original.user_attrs["mlflow_run_id"]
             continue
@@ -82,6 +82,24 @@ def test_search_logs_runs_and_best_returns_top_trial(tmp_path, tiny_checkpoint):
     assert output.is_file()
     logged = client.get_run(top.user_attrs["mlflow_run_id"]).data.metrics
     assert logged["test_accuracy"] == pytest.approx(entry["test_accuracy"])
+
+    model_path = tmp_path / "approximated.pt"
+    applied = polysearch(
+        "apply",
+        str(output),
+        "--output",
+        str(model_path),
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        cwd=tmp_path,
+    )
+    assert applied.returncode == 0, applied.stderr
+    # The same configuration on the same test split gives the same accuracy.
+    assert f"Test accuracy {entry['test_accuracy']:.2f} %" in applied.stdout
+    assert model_path.is_file()
+    applied_runs = client.search_runs([client.get_experiment_by_name("applied").experiment_id])
+    assert len(applied_runs) == 1
+    assert applied_runs[0].data.metrics["test_accuracy"] == pytest.approx(entry["test_accuracy"])
 
 
 def test_search_resumes_after_kill(tmp_path, tiny_checkpoint):
