@@ -641,6 +641,8 @@ def run_worker(
 
     from search import tracking
 
+    # Each finished trial gets its own line from the command; Optuna's INFO lines repeat it.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_study_storage(spec)
     finished_before, _ = count_trials(create_study(spec, storage))
     # A different seed per worker and per launch, so that resumed and parallel samplers do
@@ -693,7 +695,6 @@ def run_worker(
     started = time.monotonic()
     n_trials = spec.search.n_trials
     timeout = spec.search.timeout
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     while True:
         if timeout and time.monotonic() - started >= timeout:
             logger.info("worker %d: time limit of %g s reached", worker_index, timeout)
