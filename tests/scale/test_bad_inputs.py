@@ -1,7 +1,8 @@
 """Bad input through the command line: corrupted SQLite stores, invalid specifications, a
-missing study and a network with nothing to approximate. Each ends with one line on standard
-error and exit status 2, and leaves every stored file byte for byte as it was; polynomials
-that explode outside their range leave the study running."""
+missing study and a network with nothing to approximate.
+
+Each ends with one line on standard error and exit status 2 and leaves every stored file byte
+for byte as it was. Polynomials that explode outside their range leave the study running."""
 
 from __future__ import annotations
 
