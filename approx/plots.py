@@ -36,11 +36,11 @@ def _function_values(function_name: str, params: dict, x: np.ndarray) -> np.ndar
     return callable_function(x)
 
 
-def _histogram(axes, values: np.ndarray, title: str, color: str) -> None:
+def _histogram(axes, values: np.ndarray, title: str, color: str, label: str | None = None) -> None:
     if values.size == 0:
         axes.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=axes.transAxes)
     else:
-        axes.hist(values, bins=_BINS, color=color, alpha=0.8)
+        axes.hist(values, bins=_BINS, color=color, alpha=0.8, label=label)
         axes.set_yscale("log")
     axes.set_title(title)
     axes.set_ylabel("count (sample)")
@@ -52,6 +52,28 @@ def _sample(distribution: ChannelDistribution | None, channel: int | None) -> np
     if channel is None:
         return distribution.values()
     return distribution.samples[channel]
+
+
+def _polynomial_outputs(
+    fits: list, inputs: ChannelDistribution | None, channel: int | None
+) -> np.ndarray:
+    """Return the polynomial applied to the input sample: the site's output once substituted.
+
+    With one polynomial per channel and no ``channel`` chosen, each channel's sample goes
+    through its own polynomial.
+    """
+    if not fits or inputs is None:
+        return np.empty(0)
+    if len(fits) == 1:
+        samples, channel_fits = [_sample(inputs, channel)], fits
+    else:
+        samples, channel_fits = inputs.samples, fits
+    outputs = []
+    for sample, fit in zip(samples, channel_fits, strict=True):
+        t = (2.0 * sample - fit.lo - fit.hi) / (fit.hi - fit.lo)
+        outputs.append(np.polynomial.chebyshev.chebval(t, fit.chebyshev))
+    values = np.concatenate(outputs)
+    return values[np.isfinite(values)]
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -130,7 +152,15 @@ def plot_site(
         for edge in (lo, hi):
             input_axes.axvline(edge, color="tab:orange", linewidth=1.5)
         input_axes.set_xlabel(f"range [{lo:.4g}, {hi:.4g}]")
-    _histogram(output_axes, outputs, f"{label}: output distribution", "tab:green")
+    _histogram(output_axes, outputs, f"{label}: output distribution", "tab:green", function)
+    polynomial_outputs = _polynomial_outputs(
+        fits, statistics.inputs if statistics else None, channel
+    )
+    if polynomial_outputs.size:
+        output_axes.hist(
+            polynomial_outputs, bins=_BINS, color="tab:red", histtype="step", label="polynomial"
+        )
+        output_axes.legend(loc="best")
 
     # The x span covers the fitted ranges and the central 99.8 % of the inputs.
     points = [value for pair in ranges for value in pair]
