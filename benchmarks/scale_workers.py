@@ -11,9 +11,11 @@ all-at-once strategy, random sampler, no pruner, no figures, one PyTorch thread 
 It then reads the trial times back from the Optuna storage. The throughput counts the trials
 that finished after the ``--warmup`` first ones, over the time between the warm-up's last
 trial and the study's last trial, so process start, data loading and calibration stay out of
-it. The table also shows
-the whole launch's wall time and the median time of one trial, whose growth with two workers
-measures contention for cores and stores.
+it. The table also shows the median time of one trial, whose growth with two workers
+measures contention for cores; the share of the workers' time spent inside trials, whose
+rest goes to the stores and the sampler; the whole launch's wall time; and, measured just
+before each study, the speed-up of two copies of a single-threaded PyTorch loop over one
+copy, which is about the most two workers can gain on the machine at that moment.
 """
 
 from __future__ import annotations
@@ -53,6 +55,34 @@ grace_period = 30
 [tracking]
 figures = "none"
 """
+
+
+# A single-threaded PyTorch loop; its speed-up with two copies at once measures how much of two
+# cores the machine has free at that moment (other processes share them).
+SPIN = """
+import time, torch
+torch.set_num_threads(1)
+x = torch.randn(256, 256)
+started = time.perf_counter()
+for _ in range(1500):
+    x = torch.tanh(x @ x * 0.01)
+print(time.perf_counter() - started)
+"""
+
+
+def free_core_speedup() -> float:
+    """Return the throughput of two concurrent copies of ``SPIN`` over that of one copy."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", SPIN], env=environment, stdout=subprocess.PIPE, text=True
+        )
+
+    single = float(start().communicate()[0])
+    pair = [start(), start()]
+    both = max(float(process.communicate()[0]) for process in pair)
+    return 2 * single / both
 
 
 def train_checkpoint(path: Path, limit: int) -> None:
@@ -176,17 +206,18 @@ def main() -> None:
     print()
     print(
         "| storage | workers | trials/min | speed-up | median trial (s) | time in trials "
-        "| launch wall (s) |"
+        "| launch wall (s) | free-core speed-up |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     try:
         number = 0
         for backend in ("sqlite", "postgresql"):
             baseline = None
             for workers in (1, 2):
-                rates, medians, shares, walls = [], [], [], []
+                rates, medians, shares, walls, capacities = [], [], [], [], []
                 for _ in range(args.repeats):
                     number += 1
+                    capacities.append(free_core_speedup())
                     if backend == "sqlite":
                         run_folder = folder / f"run{number}"
                         run_folder.mkdir()
@@ -207,7 +238,7 @@ def main() -> None:
                 print(
                     f"| {backend} | {workers} | {rate:.1f} | {rate / baseline:.2f}x | "
                     f"{statistics.mean(medians):.2f} | {100 * statistics.mean(shares):.0f} % | "
-                    f"{statistics.mean(walls):.1f} |",
+                    f"{statistics.mean(walls):.1f} | {statistics.mean(capacities):.2f}x |",
                     flush=True,
                 )
     finally:
