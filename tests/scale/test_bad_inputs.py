@@ -6,6 +6,7 @@ for byte as it was. Polynomials that explode outside their range leave the study
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sqlite3
@@ -254,6 +255,16 @@ def test_exploding_polynomials_study_continues(tmp_path, tiny_checkpoint):
             assert trial.user_attrs["fail_reason"]
             assert run.data.tags["failure_reason"] == trial.user_attrs["fail_reason"]
             assert run.info.status == "FAILED"
-    # The explosion is real: far outside its range the polynomial ruins the accuracy that
-    # the checkpoint had (about 90 %).
-    assert min(t.value for t in study.trials if t.state == TrialState.COMPLETE) < 50
+    # The polynomials were applied far outside their ranges: a range that covers the central
+    # p <= 60 % of the inputs leaves at least 40 % of them outside.
+    for trial in study.trials:
+        if trial.state != TrialState.COMPLETE or "duplicate_of" in trial.user_attrs:
+            continue
+        report = client.download_artifacts(
+            trial.user_attrs["mlflow_run_id"], "report.json", str(tmp_path)
+        )
+        sites = json.loads(Path(report).read_text())["sites"]
+        for site in sites:
+            for channel in site["channels"]:
+                assert channel["degree"] == 8
+                assert channel["outside_share"] >= 0.4 - 1e-6
