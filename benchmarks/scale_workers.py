@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -243,6 +244,7 @@ def main() -> None:
                 )
     finally:
         server.remove()
+        shutil.rmtree(folder, ignore_errors=True)
     print()
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
