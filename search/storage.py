@@ -96,7 +96,8 @@ def check_sqlite_url(url: str, *, must_exist: bool, what: str, hint: str) -> Pat
         header = stream.read(len(SQLITE_HEADER))
     if header and header != SQLITE_HEADER:
         raise ValueError(
-            f"cannot open {what} {mask_url(url)!r}: the file is not a SQLite database; {hint}"
+            f"cannot open {what} {mask_url(url)!r}: the file is not a SQLite database; "
+            "restore it from a backup, or pass another database file"
         )
     _check_journal(url, path, what)
     return path
