@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -186,6 +187,7 @@ def start_launch_run(
         "optuna_study": study_name,
         "code_version": code_version(),
         "workers": workers,
+        "host": socket.gethostname(),
         "host_pid": os.getpid(),
     }
     run = retry_locked(client.create_run)(
@@ -200,6 +202,46 @@ def start_launch_run(
     }
     retry_locked(client.log_dict)(run.info.run_id, masked, "specification.json")
     return run.info.run_id
+
+
+def fail_stale_launch_runs(client: Any, experiment: str, study_name: str) -> list[str]:
+    """Mark FAILED the RUNNING launch runs of a study whose process on this host is gone.
+
+    A launch killed with SIGKILL cannot end its run. Launches on other hosts are left alone,
+    because whether their process still runs cannot be checked from here.
+
+    Returns:
+        The ids of the runs marked FAILED.
+    """
+    filter_string = (
+        f"tags.optuna_study = '{study_name}' and tags.host = '{socket.gethostname()}' "
+        "and attributes.status = 'RUNNING'"
+    )
+    runs = retry_locked(client.search_runs)([experiment], filter_string)
+    failed = []
+    for run in runs:
+        if "optuna_trial_number" in run.data.tags:
+            continue
+        try:
+            pid = int(run.data.tags.get("host_pid", ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or _process_exists(pid):
+            continue
+        end_run(client, run.info.run_id, "FAILED", reason=f"launch process {pid} ended")
+        logger.info("launch run %s of process %d failed: the process ended", run.info.run_id, pid)
+        failed.append(run.info.run_id)
+    return failed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # the process exists under another user
+    return True
 
 
 def start_trial_run(

@@ -295,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
         )
     experiment = tracking.experiment_id(client, spec.name, spec.tracking.mlflow_uri)
     workers = spec.search.workers
+    tracking.fail_stale_launch_runs(client, experiment, spec.name)
     parent_run_id = tracking.start_launch_run(
         client, experiment, study_name=spec.name, spec=spec.to_dict(), workers=workers
     )
