@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="local worker processes on the study (search.workers)",
+        help="local worker processes on the study, at most the available cores (search.workers)",
     )
     parser.add_argument("--storage", default=None, help="Optuna storage URL (tracking.storage)")
     parser.add_argument(
@@ -168,9 +168,15 @@ def _worker_process(
 
 
 def _run_workers(
-    spec: Any, parent_run_id: str, study: Any, printer: ProgressPrinter, threads: int, level: str
+    spec: Any,
+    parent_run_id: str,
+    study: Any,
+    printer: ProgressPrinter,
+    workers: int,
+    threads: int,
+    level: str,
 ) -> None:
-    """Run ``spec.search.workers`` spawned processes and print their trials as they finish."""
+    """Run ``workers`` spawned processes and print their trials as they finish."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -180,7 +186,7 @@ def _run_workers(
             args=(spec, parent_run_id, index, threads, level),
             name=f"polysearch-worker-{index}",
         )
-        for index in range(spec.search.workers)
+        for index in range(workers)
     ]
     for process in processes:
         process.start()
@@ -276,6 +282,13 @@ def run(args: argparse.Namespace) -> int:
     )
 
     spec = load_spec(args.spec, overrides=spec_overrides(args))
+    cores = available_cores()
+    if spec.search.workers > cores:
+        raise ValueError(
+            f"--workers {spec.search.workers} (search.workers) exceeds the {cores} available "
+            f"cores, and each worker needs one: use --workers {cores} or fewer here, and start "
+            "more workers on other machines against a shared --storage"
+        )
     # Reach both stores before training or loading anything, so a wrong URL fails at once.
     storage = open_study_storage(spec)
     client = tracking.open_client(spec.tracking.mlflow_uri)
@@ -294,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
             spec.search.grace_period,
         )
     experiment = tracking.experiment_id(client, spec.name, spec.tracking.mlflow_uri)
-    workers = spec.search.workers
+    # A worker runs one trial at a time, so more workers than missing trials would idle.
+    workers = max(1, min(spec.search.workers, spec.search.n_trials - finished))
     tracking.fail_stale_launch_runs(client, experiment, spec.name)
     parent_run_id = tracking.start_launch_run(
         client, experiment, study_name=spec.name, spec=spec.to_dict(), workers=workers
@@ -312,9 +326,9 @@ def run(args: argparse.Namespace) -> int:
                 spec, parent_run_id=parent_run_id, on_trial=printer.on_trial, context=context
             )
         else:
-            total = args.threads if args.threads else available_cores()
+            total = args.threads if args.threads else cores
             threads = max(1, total // workers)
-            _run_workers(spec, parent_run_id, study, printer, threads, args.log_level)
+            _run_workers(spec, parent_run_id, study, printer, workers, threads, args.log_level)
     except KeyboardInterrupt:
         _end_launch_run(client, parent_run_id, "KILLED", "interrupted")
         raise

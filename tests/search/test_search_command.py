@@ -201,3 +201,16 @@ def test_search_unreachable_storage_exit_2(tmp_path, tiny_checkpoint):
     assert "does not exist" in result.stderr
     assert not (tmp_path / "missing").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_search_more_workers_than_cores_exit_2(tmp_path, tiny_checkpoint):
+    # Each worker process imports PyTorch and loads the data, so a worker count far above
+    # the cores would exhaust memory before any trial runs.
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=2)
+    result = polysearch("search", str(spec), "--workers", "1000", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "--workers 1000" in result.stderr
+    assert "available cores" in result.stderr
+    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()
