@@ -16,6 +16,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # Subcommand name -> module that implements it, in the order ``--help`` lists them.
 COMMANDS: dict[str, str] = {
@@ -33,9 +34,16 @@ COMMANDS: dict[str, str] = {
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument parser whose errors are one line on standard error, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser with one subparser per available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="polysearch",
         description="Find polynomial replacements for the nonlinearities of a PyTorch network.",
     )
