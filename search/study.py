@@ -315,7 +315,9 @@ def load_context(spec: StudySpec) -> SearchContext:
     from models.checkpoint import load_checkpoint
     from models.datasets import load_dataset
 
-    model, metadata = load_checkpoint(spec.network.checkpoint)
+    # The checkpoint must hold the network the specification names, or the study would
+    # record trials under the wrong network.
+    model, metadata = load_checkpoint(spec.network.checkpoint, network=spec.network.name)
     if metadata.get("dataset") not in (None, spec.data.dataset):
         raise ValueError(
             f"checkpoint {str(spec.network.checkpoint)!r} was trained on "

@@ -118,7 +118,7 @@ def measure_test_accuracy(client: Any, study: Any, trial: Any, folder: Path) -> 
     if configuration_path.read_text().find(tracking.WEIGHTS_ARTIFACT) >= 0:
         tracking.download_artifact(client, run_id, tracking.WEIGHTS_ARTIFACT, destination)
     configuration = Configuration.load(configuration_path)
-    model, _ = load_checkpoint(spec.network.checkpoint)
+    model, _ = load_checkpoint(spec.network.checkpoint, network=spec.network.name)
     approximated = configuration.build(model)
     splits = load_dataset(
         spec.data.dataset,

@@ -214,3 +214,20 @@ def test_search_more_workers_than_cores_exit_2(tmp_path, tiny_checkpoint):
     assert "available cores" in result.stderr
     assert not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("network", ["nosuch", "cnn2"])
+def test_search_network_mismatch_exit_2(tmp_path, tiny_checkpoint, network):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=2)
+    spec.write_text(spec.read_text().replace('name = "cnn1"', f'name = "{network}"'))
+    result = polysearch("search", str(spec), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("polysearch search: error:"), result.stderr
+    # The line names both the specification's network and the checkpoint's.
+    assert repr(network) in error
+    assert "'cnn1'" in error
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    assert storage.get_all_studies() == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_experiment_by_name("tiny") is None
