@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from approx.sites import Site, trace_sites, with_slots
+from models.training import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ def calibrate(
             sites = traced_sites
     if sites is None:
         raise ValueError("pass the sites returned by trace_sites with a traced network")
-    device = _device_of(graph_module) if device is None else torch.device(device)
+    device = _device_of(graph_module) if device is None else resolve_device(device)
 
     samplers: dict[str, tuple[ChannelSampler, ChannelSampler | None]] = {}
     probes: dict[int, nn.Module] = {}

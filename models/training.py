@@ -62,11 +62,52 @@ class Evaluation:
     nonfinite: int
 
 
+def available_devices() -> list[str]:
+    """List the devices this machine can run on: ``cpu``, then ``cuda:N`` and ``mps``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Return ``device``, or CUDA when available and the CPU otherwise for ``None``."""
+    """Check ``device`` and return it as a ``torch.device``.
+
+    ``None`` means CUDA when available, else the CPU. A device is accepted only if this
+    machine has it, so a wrong ``--device`` fails before any data is loaded.
+
+    Raises:
+        ValueError: ``device`` is not a device name (such as ``cpu``, ``cuda`` or
+            ``cuda:1``), or this machine lacks it; the message lists the available devices.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    available = ", ".join(available_devices())
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"invalid device {str(device)!r}; available devices: {available}"
+        ) from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r}: CUDA is not available on this machine; use cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r} does not exist; available devices: {available}"
+            )
+        return resolved
+    if resolved.type == "mps" and torch.backends.mps.is_available():
+        return resolved
+    raise ValueError(
+        f"device {str(device)!r} is not available on this machine; available devices: {available}"
+    )
 
 
 def train(
@@ -112,7 +153,8 @@ def train(
         epoch's samples), ``validation_accuracy`` (percent, or ``None`` without validation).
 
     Raises:
-        ValueError: Invalid epochs, batch size, learning rate, optimizer or empty data.
+        ValueError: Invalid epochs, batch size, learning rate, optimizer or device, or
+            empty data.
         NonFiniteLossError: The loss became NaN or infinite.
     """
     train_dataset, validation = _resolve_datasets(splits_or_train_dataset, validation)
@@ -209,7 +251,8 @@ def evaluate(
     infinity is wrong, whatever its largest finite logit.
 
     Raises:
-        ValueError: The dataset is empty or ``batch_size`` is below 1.
+        ValueError: The dataset is empty, ``batch_size`` is below 1 or ``device`` is not
+            available.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -218,7 +261,8 @@ def evaluate(
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    else:
+        device = resolve_device(device)
     was_training = model.training
     model.eval()
     correct = total = nonfinite = 0

@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from approx.substitute import evaluate_network
     from models.training import resolve_device
 
+    device = resolve_device(args.device)
     if args.config is None and args.strategy not in STRATEGIES:
         raise ValueError(
             f"unknown --strategy {args.strategy!r}; expected one of {', '.join(STRATEGIES)}"
@@ -152,7 +153,6 @@ def run(args: argparse.Namespace) -> int:
         configuration = Configuration.load(args.config)
     else:
         check_setting_options(args)
-    device = resolve_device(args.device)
     model, metadata, splits, calibration = load_inputs(args)
     original = evaluate_network(model.to(device), splits.validation, device=device)
     print(f"original validation accuracy: {original.accuracy:.2f} %")

@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     percentile = check_percentile(parse_number(args.percentile, "--percentile"))
     sample_size = parse_number(args.sample_size, "--sample-size", int)
+    device = resolve_device(args.device)
     model, _, _, calibration = load_inputs(args)
     graph_module, sites = trace_sites(model)
     statistics = calibrate(
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         sites,
         calibration,
         sample_size=sample_size,
-        device=resolve_device(args.device),
+        device=device,
     )
     print(
         f"{len(sites)} sites, {len(calibration)} calibration images, "

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from models.datasets import load_dataset
     from models.training import evaluate, resolve_device
 
+    device = resolve_device(args.device)
     model, metadata = load_checkpoint(args.checkpoint, network=args.model)
     # The checkpoint's seed gives back the split it was trained with, and its mean and std
     # normalise the inputs exactly as during training.
@@ -68,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
             f"checkpoint {args.checkpoint} expects inputs {metadata['input_shape']}, "
             f"dataset {metadata['dataset']} has {splits.input_shape}"
         )
-    device = resolve_device(args.device)
     model.to(device)
     result = evaluate(
         model, getattr(splits, args.split), batch_size=args.batch_size, device=device

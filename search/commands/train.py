@@ -111,10 +111,11 @@ def run(args: argparse.Namespace) -> int:
     from models.checkpoint import save_checkpoint
     from models.datasets import load_dataset
     from models.networks import build_network, resolve_network
-    from models.training import DEFAULT_LR, evaluate, train
+    from models.training import DEFAULT_LR, evaluate, resolve_device, train
 
     # Check the cheap inputs before loading data, so a typo fails at once.
     resolve_network(args.model)
+    device = resolve_device(args.device)
     output = args.output or default_checkpoint_path(args.model, args.dataset)
     if output.exists() and not args.overwrite:
         raise ValueError(f"checkpoint {output} already exists; pass --overwrite to replace it")
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             lr=lr,
             optimizer=args.optimizer,
             seed=args.seed,
-            device=args.device,
+            device=device,
             on_epoch=tracker.log_epoch if tracker is not None else None,
         )
         validation = history[-1]["validation_accuracy"]

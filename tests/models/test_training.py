@@ -186,3 +186,40 @@ def test_evaluate_empty_dataset_rejected():
 
     with pytest.raises(ValueError, match="empty"):
         evaluate(FixedLogits(), empty)
+
+
+def test_resolve_device_accepts_cpu():
+    from models.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected
+
+
+def test_resolve_device_rejects_unknown_name():
+    from models.training import resolve_device
+
+    with pytest.raises(ValueError, match=r"invalid device 'nosuch'; available devices: cpu"):
+        resolve_device("nosuch")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_resolve_device_rejects_missing_cuda():
+    from models.training import resolve_device
+
+    with pytest.raises(ValueError, match="device 'cuda:0': CUDA is not available"):
+        resolve_device("cuda:0")
+
+
+def test_resolve_device_rejects_missing_cuda_index():
+    from models.training import resolve_device
+
+    # No machine has 1000 GPUs, so this index fails with CUDA or without it.
+    with pytest.raises(ValueError, match="device 'cuda:999'"):
+        resolve_device("cuda:999")
+
+
+def test_evaluate_rejects_unknown_device(mnist_small):
+    with pytest.raises(ValueError, match="invalid device 'nosuch'"):
+        evaluate(build_network("cnn1"), mnist_small.test, device="nosuch")

@@ -147,3 +147,38 @@ def test_cli_train_invalid_epochs(tmp_path, run_cli):
     assert result.returncode == 2
     assert "--epochs: must be at least 1, got 0" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+CUDA_MISSING = "CUDA is not available on this machine; use cpu"
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "calibrate", "approximate"])
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("nosuch", "invalid device 'nosuch'; available devices: cpu"),
+        ("cuda", f"device 'cuda': {CUDA_MISSING}"),
+    ],
+)
+def test_cli_device_unavailable_one_line_exit_2(
+    tmp_path, run_cli, snapshot_files, command, device, expected
+):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    write_untrained_checkpoint(tmp_path / "cnn1.pt")
+    before = snapshot_files(tmp_path)
+    if command == "train":
+        args = ["train", "--model", "cnn1", "--dataset", "mnist", "--no-mlflow"]
+    else:
+        args = [command, "--checkpoint", "cnn1.pt"]
+
+    result = run_cli(*args, "--device", device, cwd=tmp_path)
+
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == f"polysearch {command}: error: {expected}"
+    assert result.stdout == ""
+    assert snapshot_files(tmp_path) == before
