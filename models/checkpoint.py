@@ -3,13 +3,18 @@
 A checkpoint is a ``torch.save`` file of one dict: the format version, the network
 name (a key of :data:`models.networks.NETWORKS` or an import path), the dataset, the
 input shape, the number of classes, the normalisation (mean and std per channel), the
-training options, the measured accuracies and the ``state_dict``. It contains only
-tensors, numbers, strings, lists and dicts, so it loads with ``weights_only=True``,
-which never runs code from the file.
+training options, the measured accuracies, the ``state_dict`` and the SHA-256 digest of
+the state dict's tensors. It contains only tensors, numbers, strings, lists and dicts,
+so it loads with ``weights_only=True``, which never runs code from the file.
+
+Loading checks the digest, so flipped bytes inside a tensor are detected, and rejects
+tensors with NaN or infinite values. Checkpoints written before the digest existed load
+with a logged warning; ``polysearch train --overwrite`` writes them again with one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -101,6 +106,7 @@ def save_checkpoint(
         "accuracies": {str(key): float(value) for key, value in accuracies.items()},
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
     }
+    content["state_dict_sha256"] = state_dict_digest(content["state_dict"])
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -142,8 +148,9 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a readable checkpoint, or it contains another network
-            than ``network``.
+        ValueError: ``path`` is not a readable checkpoint, its tensors do not match the
+            stored SHA-256 digest or contain NaN or infinite values, or it contains another
+            network than ``network``.
     """
     path = Path(path)
     if not path.exists():
@@ -174,6 +181,8 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
             f"checkpoint {path} contains network {content['network']!r}, not {network!r}"
         )
 
+    _check_state_dict(path, content)
+
     metadata = {key: content[key] for key in METADATA_KEYS}
     metadata["input_shape"] = tuple(metadata["input_shape"])
     metadata["mean"] = tuple(metadata["mean"])
@@ -192,6 +201,60 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
         ) from error
     model.eval()
     return model, metadata
+
+
+def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Return the SHA-256 hex digest of a state dict's names, dtypes, shapes and tensor bytes.
+
+    The keys are hashed in sorted order, so the digest does not depend on the dict's order.
+
+    Raises:
+        TypeError: A key is not a string or a value is not a tensor.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key]
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state dict entry {key!r} is not a named tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        header = f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0"
+        digest.update(header.encode())
+        # Viewing as bytes covers every dtype, bfloat16 included, which numpy lacks.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_state_dict(path: Path, content: dict) -> None:
+    """Raise ValueError when the state dict is not tensors, fails its digest or is not finite."""
+    state_dict = content["state_dict"]
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor)
+        for key, value in state_dict.items()
+    ):
+        raise ValueError(f"checkpoint {path}: state_dict is not a dict of named tensors")
+    expected = content.get("state_dict_sha256")
+    if expected is None:
+        logger.warning(
+            "checkpoint %s has no SHA-256 digest of its weights (written by an older "
+            "polysearch), so damage inside a tensor goes undetected; "
+            "`polysearch train --overwrite` writes it again with one",
+            path,
+        )
+    elif state_dict_digest(state_dict) != expected:
+        raise ValueError(
+            f"checkpoint {path} is damaged: its weights do not match the SHA-256 digest "
+            "stored when it was saved; train the network again or restore the file"
+        )
+    for key, tensor in state_dict.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        nonfinite = int((~torch.isfinite(tensor)).sum())
+        if nonfinite:
+            values = "value is" if nonfinite == 1 else "values are"
+            raise ValueError(
+                f"checkpoint {path}: {nonfinite} of {tensor.numel()} {values} NaN or infinite "
+                f"in tensor {key}; train the network again or restore the file"
+            )
 
 
 def _current_umask() -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import struct
 
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint, state_dict_digest
 from models.networks import build_network
 
 METADATA = {
@@ -157,3 +159,100 @@ def test_checkpoint_options_must_be_plain(tmp_path):
 def test_checkpoint_mean_length_checked(tmp_path):
     with pytest.raises(ValueError, match="one value per channel"):
         save(tmp_path / "a.pt", mean=(0.5,))
+
+
+def overwrite_tensor_bytes(path, tensor, replacement: bytes) -> None:
+    """Overwrite the first bytes of ``tensor``'s data inside the saved file ``path``."""
+    data = bytearray(path.read_bytes())
+    # torch.save stores tensor data uncompressed, so the tensor's bytes appear verbatim.
+    start = data.find(tensor.reshape(-1)[:16].numpy().tobytes())
+    assert start >= 0
+    data[start : start + len(replacement)] = replacement
+    path.write_bytes(bytes(data))
+
+
+def save_cnn1(path, model=None):
+    torch.manual_seed(0)
+    model = model or build_network("cnn1")
+    save(path, model, network="cnn1", input_shape=(1, 28, 28), mean=(0.1,), std=(0.3,))
+    return model
+
+
+def test_checkpoint_changed_weight_bytes_rejected(tmp_path):
+    path = tmp_path / "cnn1.pt"
+    model = save_cnn1(path)
+    # A finite replacement: only the stored digest can tell that the weight changed.
+    overwrite_tensor_bytes(path, model.fc1.weight.detach(), struct.pack("<f", 0.5))
+
+    with pytest.raises(ValueError, match="do not match the SHA-256 digest") as error:
+        load_checkpoint(path)
+
+    assert "cnn1.pt is damaged" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["fc1.weight", "conv1.bias"])
+def test_checkpoint_nan_parameter_rejected(tmp_path, name):
+    model = build_network("cnn1")
+    with torch.no_grad():
+        model.get_parameter(name).view(-1)[0] = float("nan")
+    path = tmp_path / "nan.pt"
+    save_cnn1(path, model)
+
+    with pytest.raises(ValueError, match=f"NaN or infinite in tensor {name}") as error:
+        load_checkpoint(path)
+
+    assert "nan.pt" in str(error.value)
+    assert "1 of" in str(error.value)
+
+
+def test_checkpoint_infinite_buffer_rejected(tmp_path):
+    model = build_network("lenet5", (3, 32, 32))
+    model.bn1.running_var[2] = float("inf")
+    path = tmp_path / "inf.pt"
+    save(path, model)
+
+    with pytest.raises(ValueError, match="in tensor bn1.running_var"):
+        load_checkpoint(path)
+
+
+def without_digest(path):
+    content = torch.load(path, weights_only=True)
+    del content["state_dict_sha256"]
+    torch.save(content, path)
+
+
+def test_checkpoint_without_digest_loads_with_warning(tmp_path, caplog):
+    path = tmp_path / "old.pt"
+    model = save_cnn1(path)
+    without_digest(path)
+
+    with caplog.at_level(logging.WARNING, logger="models.checkpoint"):
+        loaded, _ = load_checkpoint(path)
+
+    assert torch.equal(loaded.fc1.weight, model.fc1.weight)
+    assert len(caplog.records) == 1
+    assert "old.pt has no SHA-256 digest" in caplog.records[0].getMessage()
+
+
+def test_checkpoint_without_digest_nan_rejected(tmp_path):
+    path = tmp_path / "old.pt"
+    model = save_cnn1(path)
+    without_digest(path)
+    overwrite_tensor_bytes(path, model.fc1.weight.detach(), struct.pack("<f", float("nan")))
+
+    with pytest.raises(ValueError, match="NaN or infinite in tensor fc1.weight"):
+        load_checkpoint(path)
+
+
+def test_state_dict_digest_ignores_order_sees_values():
+    first = {"a": torch.zeros(3), "b": torch.ones(2, dtype=torch.int64)}
+    reordered = {"b": first["b"].clone(), "a": first["a"].clone()}
+    changed = {"a": torch.tensor([0.0, 0.0, 1e-30]), "b": first["b"]}
+    renamed = {"c": first["a"], "b": first["b"]}
+    retyped = {"a": torch.zeros(3, dtype=torch.float64), "b": first["b"]}
+
+    assert state_dict_digest(first) == state_dict_digest(reordered)
+    assert state_dict_digest(first) != state_dict_digest(changed)
+    assert state_dict_digest(first) != state_dict_digest(renamed)
+    assert state_dict_digest(first) != state_dict_digest(retyped)
+    assert len(state_dict_digest(first)) == 64

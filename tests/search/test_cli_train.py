@@ -182,3 +182,28 @@ def test_cli_device_unavailable_one_line_exit_2(
     assert lines[0] == f"polysearch {command}: error: {expected}"
     assert result.stdout == ""
     assert snapshot_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["evaluate", "calibrate", "approximate"])
+def test_cli_damaged_weights_one_line_exit_2(tmp_path, run_cli, snapshot_files, command):
+    import struct
+
+    path = tmp_path / "cnn1.pt"
+    write_untrained_checkpoint(path)
+    weight = load_checkpoint(path)[0].fc1.weight.detach()
+    data = bytearray(path.read_bytes())
+    # torch.save stores tensor data uncompressed, so the weight's bytes appear verbatim.
+    start = data.find(weight.reshape(-1)[:16].numpy().tobytes())
+    assert start >= 0
+    data[start : start + 4] = struct.pack("<f", 0.25)
+    path.write_bytes(bytes(data))
+    before = snapshot_files(tmp_path)
+
+    result = run_cli(command, "--checkpoint", "cnn1.pt", "--limit", "100", cwd=tmp_path)
+
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"polysearch {command}: error: checkpoint cnn1.pt is damaged")
+    assert result.stdout == ""
+    assert snapshot_files(tmp_path) == before
