@@ -18,7 +18,6 @@ import copy
 import hashlib
 import io
 import json
-import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from approx.config_checks import check_configuration_data
 from approx.sites import SLOTS_ATTRIBUTE, trace_sites
 from approx.substitute import SiteReport, substitute
 
@@ -169,8 +169,9 @@ class Configuration:
 
         Raises:
             FileNotFoundError: ``path`` or its weights file is missing.
-            ValueError: The file is not a valid configuration, or the weights file does
-                not match its recorded SHA-256.
+            ValueError: The file is not a valid configuration (the message names the site,
+                channel and field of an invalid value), or the weights file does not match
+                its recorded SHA-256.
         """
         path = Path(path)
         if not path.is_file():
@@ -186,6 +187,7 @@ class Configuration:
                 f"{path} has configuration version {data.get('version')!r}; this polysearch "
                 f"reads version {VERSION}"
             )
+        check_configuration_data(data, path)
         try:
             configuration = cls(
                 strategy=str(data["strategy"]),
@@ -198,7 +200,6 @@ class Configuration:
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ValueError(f"{path}: invalid configuration entry: {error!r}") from None
-        _check_sites(configuration.sites, path)
         reference = data.get("weights")
         if reference is not None:
             configuration.weights = _load_weights(path, reference)
@@ -253,20 +254,6 @@ class Configuration:
                 )
         network.eval()
         return network
-
-
-def _check_sites(sites: list[SiteReport], path: Path) -> None:
-    if not sites:
-        raise ValueError(f"{path}: the configuration has no sites")
-    for report in sites:
-        if not report.channels:
-            raise ValueError(f"{path}: site {report.name} has no polynomials")
-        for fit in report.channels:
-            values = [fit.lo, fit.hi, *fit.chebyshev]
-            if not all(math.isfinite(value) for value in values) or not fit.lo < fit.hi:
-                raise ValueError(
-                    f"{path}: site {report.name} has an invalid range or coefficients"
-                )
 
 
 def _load_weights(path: Path, reference: Mapping) -> dict[str, torch.Tensor]:

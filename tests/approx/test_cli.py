@@ -110,3 +110,36 @@ def test_cli_approximate_bad_input_exits_2(run_cli, checkpoint, options, message
     assert len(lines) == 1, completed.stderr
     assert lines[0].startswith("polysearch approximate: error:")
     assert message in lines[0]
+
+
+def test_cli_approximate_edited_config_exits_2(
+    run_cli, checkpoint, trained_cnn2, mnist_small, calibration_inputs, tmp_path, snapshot_files
+):
+    from approx.strategies import SiteSetting, approximate
+
+    result = approximate(
+        trained_cnn2,
+        {"relu1": SiteSetting(3, 97.0), "relu2": SiteSetting(2, 95.0)},
+        strategy="all-at-once",
+        calibration_inputs=calibration_inputs,
+        validation=mnist_small.validation,
+        device="cpu",
+    )
+    path = result.configuration.save(tmp_path / "config.json")
+    data = json.loads(path.read_text())
+    data["sites"][1]["channels"][0]["degree"] = 5
+    path.write_text(json.dumps(data))
+    before = snapshot_files(tmp_path)
+
+    completed = run_cli(
+        "approximate", "--checkpoint", str(checkpoint), "--limit", "200", "--config", str(path)
+    )
+
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0] == (
+        f"polysearch approximate: error: {path}: site relu2 channel 0: field 'degree' is 5, "
+        "so field 'coefficients' needs 6 values, got 3"
+    )
+    assert snapshot_files(tmp_path) == before
