@@ -18,7 +18,13 @@ import torch
 import torch.fx
 from torch import nn
 
-from approx.calibration import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLE_SIZE, SiteStatistics, calibrate
+from approx.calibration import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SAMPLE_SIZE,
+    SiteStatistics,
+    calibrate,
+    check_sample_size,
+)
 from approx.sites import Site, trace_sites
 from approx.substitute import FitCache, SiteReport
 
@@ -57,6 +63,9 @@ class CalibrationCache:
         batch_size: Calibration images per forward pass.
         max_prefixes: Step-wise prefixes kept (least recently used ones are dropped).
         seed: Seed of the calibration sampling.
+
+    Raises:
+        ValueError, TypeError: ``sample_size`` is not an integer of at least 1.
     """
 
     def __init__(
@@ -67,7 +76,7 @@ class CalibrationCache:
         max_prefixes: int = 256,
         seed: int = 0,
     ) -> None:
-        self.sample_size = sample_size
+        self.sample_size = check_sample_size(sample_size)
         self.batch_size = batch_size
         self.max_prefixes = max_prefixes
         self.seed = seed

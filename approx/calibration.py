@@ -45,6 +45,20 @@ def check_percentile(percentile: float) -> float:
     return value
 
 
+def check_sample_size(sample_size: object) -> int:
+    """Return ``sample_size`` as an int, raising unless it is an integer of at least 1.
+
+    Raises:
+        TypeError: ``sample_size`` is not an integer.
+        ValueError: ``sample_size`` is below 1.
+    """
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int | np.integer):
+        raise TypeError(f"sample size must be an integer, got {sample_size!r}")
+    if sample_size < 1:
+        raise ValueError(f"sample size must be at least 1 value per channel, got {sample_size}")
+    return int(sample_size)
+
+
 def central_interval(values: np.ndarray, percentile: float) -> tuple[float, float]:
     """Return the central ``percentile`` % interval of ``values`` (linear quantiles)."""
     p = check_percentile(percentile)
@@ -321,8 +335,7 @@ def calibrate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if sample_size < 1:
-        raise ValueError(f"sample_size must be at least 1, got {sample_size}")
+    sample_size = check_sample_size(sample_size)
     if not isinstance(graph_module, torch.fx.GraphModule) or not hasattr(
         graph_module, "polysearch_sites"
     ):

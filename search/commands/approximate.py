@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from search.commands.calibrate import add_data_arguments, load_inputs, parse_number
+from search.commands.calibrate import (
+    add_data_arguments,
+    load_inputs,
+    parse_number,
+    parse_sample_size,
+)
 
 HELP = "replace the nonlinearities of a checkpoint by minimax polynomials and measure accuracy"
 
@@ -135,6 +140,7 @@ def print_sites(report_sites: list[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Approximate the checkpoint's network (or apply --config) and print the results."""
+    from approx.cache import CalibrationCache
     from approx.config import Configuration
     from approx.plots import plot_result
     from approx.sites import trace_sites
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from models.training import resolve_device
 
     device = resolve_device(args.device)
+    sample_size = parse_sample_size(args)
     if args.config is None and args.strategy not in STRATEGIES:
         raise ValueError(
             f"unknown --strategy {args.strategy!r}; expected one of {', '.join(STRATEGIES)}"
@@ -183,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             validation=splits.validation,
             train=splits.train if retrain is not None else None,
             retrain=retrain,
+            cache=CalibrationCache(sample_size=sample_size),
             device=device,
         )
         approximated = result.model

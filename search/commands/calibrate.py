@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_sample_size(args: argparse.Namespace) -> int:
+    """Parse and check --sample-size before any data is loaded."""
+    from approx.calibration import check_sample_size
+
+    return check_sample_size(parse_number(args.sample_size, "--sample-size", int))
+
+
 def load_inputs(args: argparse.Namespace) -> tuple[Any, dict, Any, Any]:
     """Load the checkpoint and its dataset; return (model, metadata, splits, calibration)."""
     import torch
@@ -112,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from models.training import resolve_device
 
     percentile = check_percentile(parse_number(args.percentile, "--percentile"))
-    sample_size = parse_number(args.sample_size, "--sample-size", int)
+    sample_size = parse_sample_size(args)
     device = resolve_device(args.device)
     model, _, _, calibration = load_inputs(args)
     graph_module, sites = trace_sites(model)

@@ -106,3 +106,16 @@ def test_calibration_leaves_network_unchanged(trained_lenet5, calibration_inputs
 def test_calibration_rejects_bad_percentile(percentile):
     with pytest.raises(ValueError, match="percentile"):
         check_percentile(percentile)
+
+
+@pytest.mark.parametrize(("size", "error"), [(0, ValueError), (-5, ValueError), (2.0, TypeError)])
+def test_sample_size_rejected_everywhere(trained_cnn2, calibration_inputs, size, error):
+    from approx.cache import CalibrationCache
+    from approx.calibration import check_sample_size
+
+    with pytest.raises(error, match="sample size"):
+        check_sample_size(size)
+    with pytest.raises(error, match="sample size"):
+        CalibrationCache(sample_size=size)
+    with pytest.raises(error, match="sample size"):
+        calibrate(trained_cnn2, None, calibration_inputs[:10], sample_size=size)

@@ -143,3 +143,24 @@ def test_cli_approximate_edited_config_exits_2(
         "so field 'coefficients' needs 6 values, got 3"
     )
     assert snapshot_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["calibrate", "approximate"])
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ("0", "sample size must be at least 1 value per channel, got 0"),
+        ("-5", "sample size must be at least 1 value per channel, got -5"),
+        ("1.5", "--sample-size must be an integer, got '1.5'"),
+    ],
+)
+def test_cli_invalid_sample_size_exits_2(run_cli, checkpoint, command, size, message):
+    completed = run_cli(
+        command, "--checkpoint", str(checkpoint), "--limit", "200", "--sample-size", size
+    )
+
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0] == f"polysearch {command}: error: {message}"
+    assert completed.stdout == ""
