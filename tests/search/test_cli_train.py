@@ -105,12 +105,28 @@ def test_cli_train_evaluate_and_mlflow(tmp_path, run_cli, snapshot_files):
         (["train", "--model", "no_such_module:make", "--dataset", "mnist"], "no_such_module"),
         (["train", "--model", "cnn2", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (
-            ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-dir", "nothing"],
-            "nothing/cifar-10-batches-py",
+            ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-dir", "empty"],
+            "empty/cifar-10-batches-py",
         ),
         (
-            ["train", "--model", "lenet5", "--dataset", "caltech101", "--data-dir", "nothing"],
-            "nothing/caltech101/101_ObjectCategories",
+            ["train", "--model", "lenet5", "--dataset", "caltech101", "--data-dir", "empty"],
+            "empty/caltech101/101_ObjectCategories",
+        ),
+        (
+            ["train", "--model", "cnn1", "--dataset", "mnist", "--data-dir", "nothing"],
+            "data folder 'nothing' not found",
+        ),
+        (
+            ["evaluate", "--checkpoint", "cnn1.pt", "--data-dir", "nothing"],
+            "data folder 'nothing' not found",
+        ),
+        (
+            ["calibrate", "--checkpoint", "cnn1.pt", "--data-dir", "nothing"],
+            "data folder 'nothing' not found",
+        ),
+        (
+            ["approximate", "--checkpoint", "cnn1.pt", "--data-dir", "nothing"],
+            "data folder 'nothing' not found",
         ),
         (["evaluate", "--checkpoint", "absent.pt"], "checkpoint absent.pt not found"),
         (["evaluate", "--checkpoint", "damaged.pt"], "checkpoint damaged.pt is damaged"),
@@ -121,6 +137,7 @@ def test_cli_train_evaluate_and_mlflow(tmp_path, run_cli, snapshot_files):
     ],
 )
 def test_cli_bad_input_one_line_exit_2(tmp_path, run_cli, snapshot_files, args, expected):
+    (tmp_path / "empty").mkdir()
     (tmp_path / "damaged.pt").write_bytes(b"\x80\x04this is not a checkpoint")
     write_untrained_checkpoint(tmp_path / "cnn1.pt")
     (tmp_path / "checkpoints").mkdir()
