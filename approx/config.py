@@ -216,8 +216,8 @@ class Configuration:
         """
         if type(original_model).__name__ != self.network:
             raise ValueError(
-                f"the configuration is for network {self.network}, got "
-                f"{type(original_model).__name__}"
+                f"the configuration is for network {_network_name(self.network)}, got "
+                f"{_network_name(type(original_model).__name__)}"
             )
         graph_module, sites = trace_sites(copy.deepcopy(original_model))
         by_name = {site.name: site for site in sites}
@@ -254,6 +254,16 @@ class Configuration:
                 )
         network.eval()
         return network
+
+
+def _network_name(class_name: str) -> str:
+    """Return the command-line name (``cnn2``) of a built-in network class, else the class name."""
+    from models.networks import NETWORKS
+
+    for name, factory in NETWORKS.items():
+        if getattr(factory, "__name__", None) == class_name:
+            return name
+    return class_name
 
 
 def _load_weights(path: Path, reference: Mapping) -> dict[str, torch.Tensor]:

@@ -118,7 +118,7 @@ def _check_channel(fit: object, where: str) -> None:
         if len(values) != degree + 1:
             raise ValueError(
                 f"{where}: field 'degree' is {degree}, so field {name!r} needs "
-                f"{degree + 1} values, got {len(values)}"
+                f"{_values(degree + 1)}, got {len(values)}"
             )
     max_error = fit.get("max_error")
     if not (_is_number(max_error) and max_error >= 0.0):
@@ -174,3 +174,7 @@ def _is_integer(value: object) -> bool:
 def _is_number(value: object) -> bool:
     """Return whether ``value`` is a finite JSON number (booleans excluded)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _values(count: int) -> str:
+    return "1 value" if count == 1 else f"{count} values"

@@ -175,23 +175,29 @@ def _check_ranges(los: Any, his: Any) -> tuple[np.ndarray, np.ndarray]:
             "los and his must be one-dimensional and of equal length, got shapes "
             f"{lo_array.shape} and {hi_array.shape}"
         )
+
+    def label(index: int) -> str:
+        # A single range needs no index in the message.
+        return "range" if lo_array.size == 1 else f"range {index}"
+
     bad = ~(np.isfinite(lo_array) & np.isfinite(hi_array))
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"range {index} must have finite bounds, got [{lo_array[index]}, {hi_array[index]}]"
+            f"{label(index)} must have finite bounds, got [{lo_array[index]}, {hi_array[index]}]"
         )
     reversed_rows = lo_array > hi_array
     if reversed_rows.any():
         index = int(np.flatnonzero(reversed_rows)[0])
         raise ValueError(
-            f"range {index} has lo > hi: [{lo_array[index]}, {hi_array[index]}]; swap the bounds"
+            f"{label(index)} has lo > hi: [{lo_array[index]}, {hi_array[index]}]; swap the bounds"
         )
     width = hi_array - lo_array
     if not np.isfinite(width).all():
         index = int(np.flatnonzero(~np.isfinite(width))[0])
         raise ValueError(
-            f"range {index} is too wide for float64: [{lo_array[index]}, {hi_array[index]}]"
+            f"{label(index)} [{lo_array[index]}, {hi_array[index]}] is too wide: its width "
+            f"hi - lo must be at most {np.finfo(np.float64).max:.6g}, the largest float64"
         )
     return lo_array, hi_array
 
@@ -715,8 +721,9 @@ def fit_minimax_batch(
             fit = fits[row]
             message = (
                 f"{_row_prefix(context, row, n_rows)}the Remez iteration for {spec.name} of "
-                f"degree {degree} on [{fit.lo}, {fit.hi}] did not converge in {fit.iterations} "
-                f"iterations (max error {fit.max_error:.6g}); raise max_iter or tol"
+                f"degree {degree} on [{fit.lo}, {fit.hi}] did not converge in "
+                f"{_count(fit.iterations, 'iteration')} (max error {fit.max_error:.6g}); "
+                "raise max_iter or tol"
             )
             if strict:
                 raise ConvergenceError(message)
@@ -724,7 +731,7 @@ def fit_minimax_batch(
 
     for fit in fits:
         logger.debug(
-            "fitted %s degree %d on [%g, %g]: max error %.6g, %d iterations, converged %s",
+            "fitted %s degree %d on [%g, %g]: max error %.6g, iterations %d, converged %s",
             fit.function,
             fit.degree,
             fit.lo,
@@ -831,3 +838,8 @@ def _make_fit(
         iterations=iterations,
         converged=converged,
     )
+
+
+def _count(count: int, noun: str) -> str:
+    """Return ``count`` and ``noun``, with an ``s`` unless the count is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,9 @@ from torch import nn
 from models.networks import build_network
 
 logger = logging.getLogger(__name__)
+
+# Terminal colour codes, which torch puts in some error messages.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 FORMAT_VERSION = 1
 METADATA_KEYS = (
@@ -163,14 +167,20 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
             warnings.simplefilter("ignore", UserWarning)
             content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many kinds on damaged input
-        raise ValueError(
-            f"checkpoint {path} is damaged or not a checkpoint ({_first_line(error)})"
-        ) from error
+        raise ValueError(_unreadable_message(path, error)) from error
     if not isinstance(content, dict) or "state_dict" not in content:
-        raise ValueError(f"checkpoint {path} is not a polysearch checkpoint (no state_dict)")
+        raise ValueError(
+            f"checkpoint {path} is not a checkpoint written by polysearch train: it contains "
+            "no state_dict"
+        )
+    if "configuration" in content and "network" not in content:
+        raise ValueError(_approximated_message(path, content))
     missing = [key for key in METADATA_KEYS if key not in content]
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+        raise ValueError(
+            f"checkpoint {path} is not a checkpoint written by polysearch train: it lacks "
+            f"{', '.join(missing)}"
+        )
     if content.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"checkpoint {path} has format version {content.get('format_version')!r}, "
@@ -261,6 +271,30 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _unreadable_message(path: Path, error: BaseException) -> str:
+    """Return one line that says why ``torch.load`` failed, without torch's long advice."""
+    text = _ANSI_ESCAPE.sub("", str(error))
+    rejected = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if rejected is not None:
+        return (
+            f"checkpoint {path} is not a checkpoint written by polysearch train: it contains "
+            f"the pickled Python object {rejected.group(1)}, which a weights-only load rejects; "
+            "train the network with polysearch train, or save only its state dict"
+        )
+    return f"checkpoint {path} is damaged or not a PyTorch checkpoint written by polysearch train"
+
+
+def _approximated_message(path: Path, content: dict) -> str:
+    """Return the error for a file written by ``polysearch apply``, naming its source."""
+    original = content.get("checkpoint")
+    source = f" {original}" if isinstance(original, str) and original else ""
+    return (
+        f"checkpoint {path} is an approximated network written by polysearch apply, not a "
+        f"trained network from polysearch train; pass the original checkpoint{source}, and "
+        "rebuild the approximated network with polysearch apply or approximate --config"
+    )
 
 
 def _first_line(error: BaseException) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from search.commands.calibrate import (
     add_data_arguments,
+    count_noun,
     load_inputs,
     parse_number,
     parse_sample_size,
@@ -227,5 +228,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved configuration to {args.output}")
     if args.plots is not None:
         paths = plot_result(report_sites, statistics, args.plots)
-        print(f"wrote {len(paths)} figures to {args.plots}")
+        print(f"wrote {count_noun(len(paths), 'figure')} to {args.plots}")
     return 0

@@ -11,6 +11,11 @@ HELP = "print the input range of every nonlinearity site of a checkpoint"
 DEFAULT_CALIBRATION_SIZE = 5000
 
 
+def count_noun(count: int, noun: str) -> str:
+    """Return ``count`` and ``noun``, with an ``s`` unless the count is 1 ("1 site", "2 sites")."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def parse_number(text: object, name: str, kind: type = float) -> Any:
     """Parse ``text`` as ``kind``, raising ValueError that names the option."""
     try:
@@ -135,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         device=device,
     )
     print(
-        f"{len(sites)} sites, {len(calibration)} calibration images, "
+        f"{count_noun(len(sites), 'site')}, "
+        f"{count_noun(len(calibration), 'calibration image')}, "
         f"{percentile:g}th percentile ranges:"
     )
     for site in sites:
@@ -154,5 +160,5 @@ def run(args: argparse.Namespace) -> int:
         paths = plot_statistics(
             statistics, args.plots, percentile=percentile, granularity=args.granularity
         )
-        print(f"wrote {len(paths)} figures to {args.plots}")
+        print(f"wrote {count_noun(len(paths), 'figure')} to {args.plots}")
     return 0

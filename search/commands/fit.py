@@ -82,11 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _format_table(fit, params: dict[str, float]) -> str:
     parameters = "".join(f", {key} = {value:g}" for key, value in params.items())
-    status = (
-        f"converged in {fit.iterations} iterations"
-        if fit.converged
-        else f"NOT converged after {fit.iterations} iterations"
-    )
+    iterations = f"{fit.iterations} iteration{'' if fit.iterations == 1 else 's'}"
+    status = f"converged in {iterations}" if fit.converged else f"NOT converged after {iterations}"
     lines = [
         f"{fit.function}{parameters}, degree {fit.degree} on [{fit.lo:g}, {fit.hi:g}]",
         f"max error: {fit.max_error:.10g} ({status})",
@@ -105,8 +102,15 @@ def _format_table(fit, params: dict[str, float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Fit the polynomial, print it and return the exit status."""
+    from approx.functions import ACTIVATIONS
     from approx.remez import ConvergenceError, fit_minimax
 
+    # The library also accepts Python callables, which a command line cannot pass.
+    name = args.function.strip().lower().replace("-", "_")
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown --function {args.function!r}; choose one of {', '.join(ACTIVATIONS)}"
+        )
     params: dict[str, float] = {}
     if args.negative_slope is not None:
         params["negative_slope"] = args.negative_slope

@@ -77,7 +77,8 @@ def test_config_rejects_other_network(
     trained_cnn2, trained_lenet5, mnist_small, calibration_inputs, tmp_path
 ):
     result = _approximate(trained_cnn2, mnist_small, calibration_inputs, "all-at-once")
-    with pytest.raises(ValueError, match="CNN2"):
+    # The message uses the networks' command-line names, not their class names.
+    with pytest.raises(ValueError, match="^the configuration is for network cnn2, got lenet5$"):
         result.configuration.build(trained_lenet5)
 
 

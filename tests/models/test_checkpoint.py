@@ -256,3 +256,51 @@ def test_state_dict_digest_ignores_order_sees_values():
     assert state_dict_digest(first) != state_dict_digest(renamed)
     assert state_dict_digest(first) != state_dict_digest(retyped)
     assert len(state_dict_digest(first)) == 64
+
+
+def test_checkpoint_text_file_message(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("epoch 1: 97 %\n")
+
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path)
+
+    assert str(error.value) == (
+        f"checkpoint {path} is damaged or not a PyTorch checkpoint written by polysearch train"
+    )
+
+
+def test_checkpoint_pickled_module_message(tmp_path):
+    path = tmp_path / "module.pt"
+    torch.save(build_network("cnn1"), path)
+
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path)
+
+    message = str(error.value)
+    assert "\x1b" not in message
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {path} is not a checkpoint written by polysearch train")
+    assert "pickled Python object models.networks.CNN1" in message
+
+
+def test_checkpoint_applied_network_message(tmp_path):
+    # The layout polysearch apply writes: the approximated state dict with its configuration.
+    path = tmp_path / "approximated.pt"
+    torch.save(
+        {
+            "configuration": {"format": "polysearch-configuration", "network": "CNN1"},
+            "checkpoint": "checkpoints/cnn1-mnist.pt",
+            "metadata": {"network": "cnn1", "dataset": "mnist"},
+            "test_accuracy": 96.5,
+            "state_dict": build_network("cnn1").state_dict(),
+        },
+        path,
+    )
+
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path)
+
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {path} is an approximated network written by")
+    assert "pass the original checkpoint checkpoints/cnn1-mnist.pt" in message

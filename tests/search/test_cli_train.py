@@ -224,3 +224,17 @@ def test_cli_damaged_weights_one_line_exit_2(tmp_path, run_cli, snapshot_files, 
     assert lines[0].startswith(f"polysearch {command}: error: checkpoint cnn1.pt is damaged")
     assert result.stdout == ""
     assert snapshot_files(tmp_path) == before
+
+
+def test_cli_calibrate_singular_counts(tmp_path, run_cli):
+    write_untrained_checkpoint(tmp_path / "cnn1.pt")  # cnn1 has one ReLU
+
+    result = run_cli(
+        "calibrate", "--checkpoint", "cnn1.pt", "--limit", "100", "--calibration-size", "1",
+        "--plots", "figures", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "1 site, 1 calibration image, 95th percentile ranges:"
+    assert lines[-1] == "wrote 1 figure to figures"

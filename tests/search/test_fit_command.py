@@ -81,3 +81,34 @@ def test_fit_command_zero_width_warns(run_cli):
     record = json.loads(result.stdout)
     assert record["coefficients"] == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert record["max_error"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--function", "swish", "--degree", "2", "--range", "-3", "3"],
+            "unknown --function 'swish'; choose one of relu, leaky_relu, elu, gelu, silu, "
+            "sigmoid, tanh",
+        ),
+        (
+            ["--degree", "2", "--range=-1e308,1e308"],
+            "range [-1e+308, 1e+308] is too wide: its width hi - lo must be at most "
+            "1.79769e+308, the largest float64",
+        ),
+    ],
+)
+def test_fit_command_error_line_exact(run_cli, arguments, message):
+    result = run_cli("fit", *arguments)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"polysearch fit: error: {message}"]
+
+
+def test_fit_command_one_iteration_singular(run_cli):
+    result = run_cli(
+        "--log-level", "ERROR", "fit", "--degree", "8", "--range", "-1", "2", "--max-iter", "1"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "(NOT converged after 1 iteration)" in result.stdout
