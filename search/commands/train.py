@@ -11,6 +11,8 @@ HELP = "train a network on a dataset and save the checkpoint"
 
 # MLflow experiment of every ``polysearch train`` run.
 EXPERIMENT = "training"
+# Folder of the default checkpoint path, created when missing.
+DEFAULT_CHECKPOINT_DIR = Path("checkpoints")
 
 
 def positive_int(text: str) -> int:
@@ -84,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         default=None,
-        help="checkpoint file (default: checkpoints/<model>-<dataset>.pt)",
+        help="checkpoint file in an existing folder (default: checkpoints/<model>-<dataset>.pt; "
+        "the checkpoints folder is created when missing)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing checkpoint file"
@@ -105,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def default_checkpoint_path(model: str, dataset: str) -> Path:
     """Return ``checkpoints/<model>-<dataset>.pt``, with an import path made file-safe."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
-    return Path("checkpoints") / f"{safe}-{dataset}.pt"
+    return DEFAULT_CHECKPOINT_DIR / f"{safe}-{dataset}.pt"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,6 +124,12 @@ def run(args: argparse.Namespace) -> int:
     resolve_network(args.model)
     device = resolve_device(args.device)
     output = args.output or default_checkpoint_path(args.model, args.dataset)
+    # Only the default folder is created; any other missing folder is most likely a typo.
+    if output.parent != DEFAULT_CHECKPOINT_DIR and not output.parent.is_dir():
+        raise FileNotFoundError(
+            f"folder {output.parent} of --output does not exist; create it first "
+            f"(only the default {DEFAULT_CHECKPOINT_DIR}/ folder is created)"
+        )
     if output.exists() and not args.overwrite:
         raise ValueError(f"checkpoint {output} already exists; pass --overwrite to replace it")
 

@@ -128,6 +128,10 @@ def test_cli_train_evaluate_and_mlflow(tmp_path, run_cli, snapshot_files):
             ["approximate", "--checkpoint", "cnn1.pt", "--data-dir", "nothing"],
             "data folder 'nothing' not found",
         ),
+        (
+            ["train", "--model", "cnn1", "--dataset", "mnist", "--output", "nosuch/c.pt"],
+            "folder nosuch of --output does not exist; create it first",
+        ),
         (["evaluate", "--checkpoint", "absent.pt"], "checkpoint absent.pt not found"),
         (["evaluate", "--checkpoint", "damaged.pt"], "checkpoint damaged.pt is damaged"),
         (
