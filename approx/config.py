@@ -63,6 +63,8 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool) -> None:
         raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file readable by its owner only; give it the usual mode.
+        os.chmod(temporary, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -71,6 +73,13 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """Return the process's umask (reading it requires setting it, so it is set back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass

@@ -83,6 +83,10 @@ def _save(figure: Figure, path: Path) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(handle)
     try:
+        # mkstemp creates the file readable by its owner only; give it the usual mode.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)
         figure.savefig(temporary, format="png", dpi=100)
         os.replace(temporary, path)
     except BaseException:

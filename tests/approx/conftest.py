@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 import torch
 
@@ -35,3 +38,13 @@ def trained_lenet5(mnist_small):
 @pytest.fixture(scope="session")
 def calibration_inputs(mnist_small) -> torch.Tensor:
     return mnist_small.train.tensors[0][:500]
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """Set the process umask to ``mask`` inside the block and restore it afterwards."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)

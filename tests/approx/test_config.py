@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
 from approx.config import Configuration
 from approx.strategies import RetrainOptions, SiteSetting, approximate
 from approx.substitute import evaluate_network
+from tests.approx.conftest import umask
 
 
 def _approximate(model, splits, calibration, strategy, **options):
@@ -48,8 +50,12 @@ def test_config_retrained_weights_round_trip(
         train=mnist_small.train,
         retrain=RetrainOptions(epochs=1),
     )
-    path = result.configuration.save(tmp_path / "retrained.json")
+    with umask(0o022):
+        path = result.configuration.save(tmp_path / "retrained.json")
     assert (tmp_path / "retrained.weights.pt").is_file()
+    # Both files get the mode a plain open() gives under umask 022, not mkstemp's 0600.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "retrained.weights.pt").stat().st_mode) == 0o644
     rebuilt = Configuration.load(path).build(trained_cnn2)
     assert evaluate_network(rebuilt, mnist_small.validation).accuracy == result.report.accuracy
     # Without the weights the polynomials alone give another network.

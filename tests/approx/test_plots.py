@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import stat
+
 import matplotlib.pyplot as plt
 
 from approx.plots import plot_result, plot_statistics
 from approx.strategies import SiteSetting, approximate
+from tests.approx.conftest import umask
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -24,11 +27,14 @@ def test_plots_write_png_and_close_figures(
         device="cpu",
     )
     result.report.sites[1].channels = result.report.sites[1].channels[:2]  # fewer figures
-    paths = plot_result(result.report.sites[:1], result.statistics, tmp_path / "fits")
+    with umask(0o022):
+        paths = plot_result(result.report.sites[:1], result.statistics, tmp_path / "fits")
     # One figure for the site and one per channel.
     assert len(paths) == 1 + 6
     for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE
+        # The mode a plain open() gives under umask 022, not mkstemp's 0600.
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
     distributions = plot_statistics(result.statistics, tmp_path / "distributions", percentile=95.0)
     assert sorted(path.name for path in distributions) == ["relu1.png", "relu2.png"]
     assert plt.get_fignums() == []
