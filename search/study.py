@@ -409,22 +409,25 @@ class Objective:
         self.on_start = on_start
 
     def __call__(self, trial: Any) -> float | list[float]:
-        if self.on_start is not None:
-            self.on_start()
-        spec = self.context.spec
-        settings = suggest_settings(trial, spec, self.context.sites, self.context.channels)
-        duplicate = find_duplicate(trial.study, trial)
-        run_id = self.tracker.start(trial)
+        run_id = None
         started = time.perf_counter()
+        # Everything runs inside the try, so that an interrupt at any point, also while the
+        # run is being created, records the trial and ends its run.
         try:
+            if self.on_start is not None:
+                self.on_start()
+            spec = self.context.spec
+            settings = suggest_settings(trial, spec, self.context.sites, self.context.channels)
+            duplicate = find_duplicate(trial.study, trial)
+            run_id = self.tracker.start(trial)
             if duplicate is not None:
                 outcome = self._reuse(trial, duplicate)
             else:
                 outcome = self._evaluate(trial, settings, run_id, started)
+            self.tracker.finish(trial, run_id, outcome, duplicate)
         except BaseException as error:
             self.tracker.fail(trial, run_id, error)
             raise
-        self.tracker.finish(trial, run_id, outcome, duplicate)
         if len(outcome.values) == 1:
             return outcome.values[0]
         return outcome.values

@@ -456,14 +456,23 @@ class TrialTracker:
         retry_locked(self.client.set_tag)(run_id, "optuna_state", "COMPLETE")
         end_run(self.client, run_id, "FINISHED")
 
-    def fail(self, trial: Any, run_id: str, error: BaseException) -> None:
+    def fail(self, trial: Any, run_id: str | None, error: BaseException) -> None:
         """End the run of a trial that raised: PRUNED trials FINISHED, interrupts KILLED,
-        everything else FAILED with the reason as a tag and a trial user attribute."""
+        everything else FAILED with the reason as a tag and a trial user attribute.
+
+        ``run_id`` None means the error came while the run was being created: the trial's
+        RUNNING runs, if any exist already, are ended instead.
+        """
         import optuna
 
+        if run_id is None:
+            run_ids = running_trial_runs(self.client, self.study_name, trial.number)
+        else:
+            run_ids = [run_id]
         if isinstance(error, optuna.TrialPruned):
-            retry_locked(self.client.set_tag)(run_id, "optuna_state", "PRUNED")
-            end_run(self.client, run_id, "FINISHED")
+            for run_id in run_ids:
+                retry_locked(self.client.set_tag)(run_id, "optuna_state", "PRUNED")
+                end_run(self.client, run_id, "FINISHED")
             return
         reason = mask_text(f"{type(error).__name__}: {error}".splitlines()[0])
         try:
@@ -472,9 +481,10 @@ class TrialTracker:
             logger.warning(
                 "cannot store the failure reason of trial %d: %s", trial.number, attr_error
             )
-        retry_locked(self.client.set_tag)(run_id, "optuna_state", "FAIL")
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        end_run(self.client, run_id, status, reason=reason)
+        for run_id in run_ids:
+            retry_locked(self.client.set_tag)(run_id, "optuna_state", "FAIL")
+            end_run(self.client, run_id, status, reason=reason)
 
 
 def fit_error_metrics(details: Mapping[str, Any]) -> dict[str, float]:

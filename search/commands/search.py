@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from typing import Any
@@ -13,6 +14,12 @@ from search.credentials import mask_url
 HELP = "run (or continue) the search a study specification describes"
 
 logger = logging.getLogger(__name__)
+
+# Exit status of a worker process stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells use).
+INTERRUPTED_EXIT_STATUS = 130
+# Seconds the parent waits for interrupted workers to store their trials, before each of
+# SIGTERM and SIGKILL.
+WORKER_STOP_SECONDS = 20.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +159,10 @@ def _worker_process(
     from search.credentials import install_log_masking
 
     install_log_masking()
+    # Ctrl-C reaches every process of the terminal's group, and the parent terminates a
+    # worker that outlives its wait: both end the running trial as interrupted, so that the
+    # trial is stored FAIL and its MLflow run KILLED.
+    _interrupt_once_on(signal.SIGINT, signal.SIGTERM)
     import torch
 
     from search.study import run_worker
@@ -159,6 +170,9 @@ def _worker_process(
     torch.set_num_threads(threads)
     try:
         run_worker(spec, parent_run_id=parent_run_id, worker_index=index)
+    except KeyboardInterrupt:
+        logger.debug("worker %d interrupted", index)
+        sys.exit(INTERRUPTED_EXIT_STATUS)
     except Exception as error:
         converted = store_failure(error, spec)
         if converted is None:
@@ -195,11 +209,11 @@ def _run_workers(
             time.sleep(1.0)
             printer.poll(study)
     except BaseException:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join(timeout=30)
+        _stop_workers(processes)
+        try:
+            printer.poll(study)
+        except Exception as error:  # noqa: BLE001 - the interrupt is the one to report
+            logger.warning("cannot read the trials the workers finished: %s", error)
         raise
     printer.poll(study)
     failed = [process.name for process in processes if process.exitcode != 0]
@@ -210,6 +224,53 @@ def _run_workers(
         )
     if failed:
         raise RuntimeError(f"worker processes {', '.join(failed)} ended with an error (see log)")
+
+
+def _interrupt_once_on(*signals: int) -> None:
+    """Raise KeyboardInterrupt on the first of ``signals``; ignore the ones that follow.
+
+    Ignoring later signals lets the interrupted trial finish recording its state, which a
+    second Ctrl-C or the parent's SIGTERM would otherwise cut short.
+    """
+
+    def interrupt(number: int, _frame: Any) -> None:
+        for other in signals:
+            signal.signal(other, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signal.Signals(number).name}")
+
+    for number in signals:
+        signal.signal(number, interrupt)
+
+
+def _stop_workers(processes: list[Any]) -> None:
+    """Stop the worker processes after an interrupt or an error of the parent.
+
+    Workers interrupted by the same Ctrl-C get ``WORKER_STOP_SECONDS`` to store their running
+    trial as failed; the rest are then sent SIGTERM, which the workers treat like Ctrl-C,
+    and those still alive after another wait are killed. A further Ctrl-C skips the wait.
+    """
+    for action in ("wait", "terminate", "kill"):
+        alive = [process for process in processes if process.is_alive()]
+        if not alive:
+            return
+        if action == "terminate":
+            logger.warning(
+                "%d worker processes still run after %g s: terminating them",
+                len(alive),
+                WORKER_STOP_SECONDS,
+            )
+            for process in alive:
+                process.terminate()
+        elif action == "kill":
+            logger.warning("killing %d worker processes that ignored SIGTERM", len(alive))
+            for process in alive:
+                process.kill()
+        deadline = time.monotonic() + WORKER_STOP_SECONDS
+        try:
+            for process in alive:
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            continue
 
 
 def store_failure(error: BaseException, spec: Any) -> ValueError | None:

@@ -90,8 +90,12 @@ def polysearch(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Comple
     )
 
 
-def start_polysearch(*args: str, cwd: Path) -> subprocess.Popen:
-    """Start the command line in a subprocess without waiting for it."""
+def start_polysearch(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen:
+    """Start the command line in a subprocess without waiting for it.
+
+    ``new_session`` puts it in a process group of its own, which a test can signal as a
+    terminal's Ctrl-C does (``os.killpg``).
+    """
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "search", "--threads", "1", *args],
@@ -100,4 +104,5 @@ def start_polysearch(*args: str, cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )

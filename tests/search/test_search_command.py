@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
+import sqlite3
 import time
 import urllib.request
 
@@ -231,3 +234,68 @@ def test_search_network_mismatch_exit_2(tmp_path, tiny_checkpoint, network):
     assert storage.get_all_studies() == []
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert client.get_experiment_by_name("tiny") is None
+
+
+def _running_trials(database):
+    """Count RUNNING trials with a read-only connection, which never creates Optuna's tables
+    while the search itself creates them."""
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # the tables may not exist yet
+        return 0
+
+
+def _interrupt_mid_trials(tmp_path, spec, *options, running):
+    """Start a search, send SIGINT to its process group once ``running`` trials run at once,
+    and return (exit status, stdout, stderr)."""
+    process = start_polysearch("search", str(spec), *options, cwd=tmp_path, new_session=True)
+    deadline = time.monotonic() + 240
+    seen = False
+    try:
+        while not seen and time.monotonic() < deadline and process.poll() is None:
+            seen = _running_trials(tmp_path / "optuna.db") >= running
+            time.sleep(0.05)
+        if seen:
+            # A terminal's Ctrl-C signals every process of the foreground group.
+            os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert seen, f"never {running} running trials at once: {stderr}"
+    return process.returncode, stdout, stderr
+
+
+def _assert_interrupt_recorded(tmp_path):
+    study = _study(tmp_path)
+    states = _states(study)
+    assert TrialState.RUNNING not in states
+    assert TrialState.FAIL in states
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [run.info.status for run in runs].count("RUNNING") == 0
+    for trial in study.get_trials(states=(TrialState.FAIL,)):
+        # Optuna fails a trial interrupted before the objective starts without a reason.
+        assert trial.user_attrs.get("fail_reason", "KeyboardInterrupt").startswith(
+            "KeyboardInterrupt"
+        )
+        # An interrupted trial's run is KILLED, not left for the heartbeat to fail; a trial
+        # interrupted before its run existed has no run.
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id is not None:
+            assert client.get_run(run_id).info.status == "KILLED"
+    launches = [run for run in runs if "optuna_trial_number" not in run.data.tags]
+    assert [run.info.status for run in launches] == ["KILLED"]
+
+
+def test_search_interrupt_two_workers_records_trials(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=40)
+    status, _, stderr = _interrupt_mid_trials(tmp_path, spec, "--workers", "2", running=2)
+    assert status == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "polysearch search: interrupted"
+    _assert_interrupt_recorded(tmp_path)
