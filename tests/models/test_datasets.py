@@ -293,6 +293,8 @@ def test_unknown_dataset_lists_choices():
     [("cifar10", "cifar-10-batches-py"), ("caltech101", "101_ObjectCategories")],
 )
 def test_missing_data_names_folder(tmp_path, name, folder):
+    (tmp_path / "empty").mkdir()
+
     with pytest.raises(FileNotFoundError) as error:
         load_dataset(name, tmp_path / "empty")
 
@@ -300,7 +302,7 @@ def test_missing_data_names_folder(tmp_path, name, folder):
     assert folder in message
     assert "--download" in message
     assert "\n" not in message
-    assert not (tmp_path / "empty").exists()
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_invalid_limit_rejected():
