@@ -209,6 +209,14 @@ def load_checkpoint(path: str | Path, *, network: str | None = None) -> tuple[nn
             f"checkpoint {path} does not match network {metadata['network']!r}: "
             f"{_first_line(error)}"
         ) from error
+    if "state_dict_sha256" not in content:
+        # Logged only for a file that loads, so a rejected one gives just its error.
+        logger.warning(
+            "checkpoint %s has no SHA-256 digest of its weights (written by an older "
+            "polysearch), so damage inside a tensor goes undetected; "
+            "`polysearch train --overwrite` writes it again with one",
+            path,
+        )
     model.eval()
     return model, metadata
 
@@ -243,14 +251,7 @@ def _check_state_dict(path: Path, content: dict) -> None:
     ):
         raise ValueError(f"checkpoint {path}: state_dict is not a dict of named tensors")
     expected = content.get("state_dict_sha256")
-    if expected is None:
-        logger.warning(
-            "checkpoint %s has no SHA-256 digest of its weights (written by an older "
-            "polysearch), so damage inside a tensor goes undetected; "
-            "`polysearch train --overwrite` writes it again with one",
-            path,
-        )
-    elif state_dict_digest(state_dict) != expected:
+    if expected is not None and state_dict_digest(state_dict) != expected:
         raise ValueError(
             f"checkpoint {path} is damaged: its weights do not match the SHA-256 digest "
             "stored when it was saved; train the network again or restore the file"
@@ -260,10 +261,10 @@ def _check_state_dict(path: Path, content: dict) -> None:
             continue
         nonfinite = int((~torch.isfinite(tensor)).sum())
         if nonfinite:
-            values = "value is" if nonfinite == 1 else "values are"
+            verb = "is" if nonfinite == 1 else "are"
             raise ValueError(
-                f"checkpoint {path}: {nonfinite} of {tensor.numel()} {values} NaN or infinite "
-                f"in tensor {key}; train the network again or restore the file"
+                f"checkpoint {path}: {nonfinite} of {tensor.numel()} values {verb} NaN or "
+                f"infinite in tensor {key}; train the network again or restore the file"
             )
 
 

