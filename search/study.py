@@ -28,6 +28,7 @@ import logging
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -599,7 +600,10 @@ def create_study(spec: StudySpec, storage: Any, *, seed: int | None = None) -> A
     )
     if "objectives" not in study.user_attrs:
         retry_locked(study.set_user_attr)("objectives", list(spec.search.objectives))
-        retry_locked(study.set_metric_names)(list(spec.search.objectives))
+        with warnings.catch_warnings():
+            # set_metric_names is marked experimental since Optuna 3.2.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry_locked(study.set_metric_names)(list(spec.search.objectives))
     return study
 
 
@@ -641,13 +645,12 @@ def run_worker(
         on_trial: called as ``(study, frozen_trial)`` after each trial of this worker.
         context: an already loaded context (tests, benchmarks); loaded here when None.
     """
-    import optuna
     from optuna.trial import TrialState
 
     from search import tracking
 
     # Each finished trial gets its own line from the command; Optuna's INFO lines repeat it.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tracking.configure_library_logging()
     storage = open_study_storage(spec)
     finished_before, _ = count_trials(create_study(spec, storage))
     # A different seed per worker and per launch, so that resumed and parallel samplers do

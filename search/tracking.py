@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 import time
@@ -39,6 +40,43 @@ WEIGHTS_ARTIFACT = "configuration.weights.pt"
 
 # MLflow rejects parameter values longer than this many characters.
 MAX_PARAM_LENGTH = 6000
+
+
+# Optuna's second line about a failed trial, which only repeats that its value is None.
+_FAILED_VALUE_NONE = re.compile(r"Trial \d+ failed with value None\.")
+
+
+def _keep_optuna_record(record: logging.LogRecord) -> bool:
+    """Drop Optuna's warnings about a trial stopped by Ctrl-C and its "value None" line.
+
+    The command already ends with one line that says it was interrupted, and the trial's
+    state and MLflow run record the interrupt.
+    """
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        return False
+    return not _FAILED_VALUE_NONE.fullmatch(record.getMessage())
+
+
+def configure_library_logging() -> None:
+    """Route Optuna's and MLflow's messages through ``logging`` at the WARNING level.
+
+    Optuna logs at WARNING and above through the root logger's handlers (so credentials are
+    masked there too), MLflow's INFO lines about creating its database tables are dropped,
+    and MLflow draws no progress bar while it downloads artifacts. Call it before MLflow
+    logs anything; calling it again changes nothing.
+    """
+    import optuna
+
+    # MLflow reads this variable at every download.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    if _keep_optuna_record not in optimize_logger.filters:
+        optimize_logger.addFilter(_keep_optuna_record)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @functools.cache

@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     from models.checkpoint import load_checkpoint
     from models.datasets import load_dataset
     from models.training import evaluate
+    from search.tracking import configure_library_logging
 
+    configure_library_logging()
     if not args.config.is_file():
         raise FileNotFoundError(f"configuration file {str(args.config)!r} not found")
     output = args.output if args.output is not None else args.config.with_suffix(".pt")

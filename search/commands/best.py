@@ -158,8 +158,9 @@ def measure_test_accuracy(client: Any, study: Any, trial: Any, folder: Path) -> 
 
 def run(args: argparse.Namespace) -> int:
     from search.storage import load_study, open_storage
-    from search.tracking import open_client
+    from search.tracking import configure_library_logging, open_client
 
+    configure_library_logging()
     if args.output is not None and args.output.exists() and not args.overwrite:
         raise ValueError(
             f"output file {str(args.output)!r} exists: pass --overwrite or another --output"

@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
     from search.storage import open_storage
+    from search.tracking import configure_library_logging
 
+    configure_library_logging()
     if not 0 < args.port < 65536:
         raise ValueError(f"invalid port {args.port}: expected 1-65535")
     # The dashboard only reads: it never creates a database that does not exist.

@@ -159,6 +159,9 @@ def _worker_process(
     from search.credentials import install_log_masking
 
     install_log_masking()
+    from search.tracking import configure_library_logging
+
+    configure_library_logging()
     # Ctrl-C reaches every process of the terminal's group, and the parent terminates a
     # worker that outlives its wait: both end the running trial as interrupted, so that the
     # trial is stored FAIL and its MLflow run KILLED.
@@ -342,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
         run_worker,
     )
 
+    tracking.configure_library_logging()
     spec = load_spec(args.spec, overrides=spec_overrides(args))
     cores = available_cores()
     if spec.search.workers > cores:

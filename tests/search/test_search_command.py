@@ -299,3 +299,16 @@ def test_search_interrupt_two_workers_records_trials(tmp_path, tiny_checkpoint):
     assert status == 130, stderr
     assert stderr.strip().splitlines()[-1] == "polysearch search: interrupted"
     _assert_interrupt_recorded(tmp_path)
+
+
+def test_search_interrupt_one_worker_one_line(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=40)
+    status, stdout, stderr = _interrupt_mid_trials(tmp_path, spec, running=1)
+    assert status == 130, stderr
+    # No traceback, no Optuna or MLflow chatter: the interrupt is one line.
+    assert stderr.strip().splitlines()[-1] == "polysearch search: interrupted"
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+    assert "[W " not in stderr
+    assert "mlflow" not in stderr
+    _assert_interrupt_recorded(tmp_path)
