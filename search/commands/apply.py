@@ -67,14 +67,29 @@ def save_model(path: Path, model: Any, payload: dict[str, Any], *, overwrite: bo
 
 
 def log_model(
-    uri: str, experiment: str, model: Any, path: Path, params: dict[str, Any], accuracy: float
+    uri: str,
+    experiment: str,
+    model: Any,
+    path: Path,
+    params: dict[str, Any],
+    accuracy: float,
+    input_example: Any,
 ) -> str:
-    """Log the approximated network to MLflow as a model; fall back to the saved file.
+    """Log the approximated network to MLflow as a model, beside the saved file.
 
-    ``mlflow.pytorch.log_model`` pickles the whole module and works offline; should it fail
-    (an unpicklable custom module, for instance), the saved state dict is logged as a plain
-    artifact and the run is tagged ``model_format=state_dict``.
+    The model is pickled (``serialization_format="pickle"``). MLflow 3.17's default format
+    ``pt2`` exports the network with ``torch.export``, and the export of the polynomial
+    modules (which count out-of-range inputs under ``torch.no_grad``) fails to load again
+    ("Node.meta wrap_with_set_grad_enabled is missing val field"). Loading the pickled model
+    needs this project's ``approx`` package installed. MLflow's caution about pickle is left
+    out of the log because the command pickles its own network, not foreign input. The pip
+    requirements are given as the installed torch distribution, so MLflow infers nothing,
+    and ``input_example`` (a batch of inputs, numpy) sets the model's signature. Should the
+    logging still fail (an unpicklable custom module, for instance), only the saved state
+    dict is logged and the run is tagged ``model_format=state_dict``.
     """
+    from importlib.metadata import version
+
     import mlflow
 
     from search import tracking
@@ -87,7 +102,18 @@ def log_model(
         tracking.log_batch(client, run.info.run_id, params=params)
         mlflow.log_metric("test_accuracy", accuracy)
         try:
-            mlflow.pytorch.log_model(model, name="model")
+            pytorch_logger = logging.getLogger("mlflow.pytorch")
+            pytorch_logger.addFilter(_drop_pickle_caution)
+            try:
+                mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    serialization_format="pickle",
+                    pip_requirements=[f"torch=={version('torch')}"],
+                    input_example=input_example,
+                )
+            finally:
+                pytorch_logger.removeFilter(_drop_pickle_caution)
             mlflow.set_tag("model_format", "mlflow.pytorch")
         except Exception as error:  # noqa: BLE001 - any failure falls back to the file
             logger.warning(
@@ -96,6 +122,10 @@ def log_model(
             mlflow.set_tag("model_format", "state_dict")
         mlflow.log_artifact(str(path))
         return run.info.run_id
+
+
+def _drop_pickle_caution(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Saving pytorch model by Pickle")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,7 +181,13 @@ def run(args: argparse.Namespace) -> int:
             "dataset": metadata.get("dataset"),
         }
         run_id = log_model(
-            args.mlflow_uri, args.experiment, approximated, output, params, evaluation.accuracy
+            args.mlflow_uri,
+            args.experiment,
+            approximated,
+            output,
+            params,
+            evaluation.accuracy,
+            input_example=splits.test.tensors[0][:2].numpy(),
         )
         print(f"MLflow run {run_id} (experiment {args.experiment!r})")
     return 0

@@ -103,6 +103,9 @@ def test_search_logs_runs_best_top_trial(tmp_path, tiny_checkpoint):
     applied_runs = client.search_runs([client.get_experiment_by_name("applied").experiment_id])
     assert len(applied_runs) == 1
     assert applied_runs[0].data.metrics["test_accuracy"] == pytest.approx(entry["test_accuracy"])
+    # The network is logged as an MLflow model, not only as the fallback file.
+    assert applied_runs[0].data.tags["model_format"] == "mlflow.pytorch"
+    assert "WARNING" not in applied.stderr
 
 
 def test_search_resumes_after_kill(tmp_path, tiny_checkpoint):
