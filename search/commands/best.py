@@ -98,7 +98,8 @@ def load_launch_spec(client: Any, run: Any, folder: Path) -> Any:
 def measure_test_accuracy(client: Any, study: Any, trial: Any, folder: Path) -> dict[str, Any]:
     """Rebuild a trial's configuration on its checkpoint and measure the test split.
 
-    The test accuracy is logged to the trial's MLflow run as ``test_accuracy``.
+    The test accuracy is logged to the trial's MLflow run as ``test_accuracy``, unless the
+    run already holds that value.
     """
     from approx.config import Configuration
     from models.checkpoint import load_checkpoint
@@ -130,7 +131,10 @@ def measure_test_accuracy(client: Any, study: Any, trial: Any, folder: Path) -> 
     evaluation = evaluate(approximated, splits.test)
     own_run = trial.user_attrs.get("mlflow_run_id", run_id)
     for target in {own_run, run_id}:
-        tracking.log_batch(client, target, metrics={"test_accuracy": evaluation.accuracy})
+        # A repeated call measures the same value: log it once, not a row per call.
+        logged = retry_locked(client.get_run)(target).data.metrics.get("test_accuracy")
+        if logged != evaluation.accuracy:
+            tracking.log_batch(client, target, metrics={"test_accuracy": evaluation.accuracy})
     entry = {
         "trial": trial.number,
         "mlflow_run_id": own_run,
@@ -161,10 +165,16 @@ def run(args: argparse.Namespace) -> int:
     from search.tracking import configure_library_logging, open_client
 
     configure_library_logging()
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise ValueError(
-            f"output file {str(args.output)!r} exists: pass --overwrite or another --output"
-        )
+    # Every option is checked before anything is measured or logged to MLflow.
+    if args.output is not None:
+        if args.output.exists() and not args.overwrite:
+            raise ValueError(
+                f"output file {str(args.output)!r} exists: pass --overwrite or another --output"
+            )
+        if not args.output.parent.is_dir():
+            raise FileNotFoundError(
+                f"folder {str(args.output.parent)!r} of --output does not exist: create it"
+            )
     storage = open_storage(args.storage, must_exist=True)
     study = load_study(storage, args.study)
     trials = best_trials(study)
@@ -179,10 +189,6 @@ def run(args: argparse.Namespace) -> int:
         results = [measure_test_accuracy(client, study, trial, Path(folder)) for trial in trials]
         entries = [result["entry"] for result in results]
         if args.output is not None:
-            if not args.output.parent.is_dir():
-                raise FileNotFoundError(
-                    f"folder {str(args.output.parent)!r} of --output does not exist: create it"
-                )
             results[0]["configuration"].save(args.output, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(entries if len(study.directions) == 2 else entries[0], indent=2))

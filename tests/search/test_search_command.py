@@ -86,6 +86,28 @@ def test_search_logs_runs_best_top_trial(tmp_path, tiny_checkpoint):
     logged = client.get_run(top.user_attrs["mlflow_run_id"]).data.metrics
     assert logged["test_accuracy"] == pytest.approx(entry["test_accuracy"])
 
+    stores = ("--storage", f"sqlite:///{tmp_path}/optuna.db")
+    stores += ("--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db")
+    before = (tmp_path / "mlflow.db").read_bytes()
+    missing_folder = polysearch(
+        "best",
+        "--study",
+        "tiny",
+        *stores,
+        "--output",
+        str(tmp_path / "no" / "b.json"),
+        cwd=tmp_path,
+    )
+    assert missing_folder.returncode == 2, missing_folder.stderr
+    assert "of --output does not exist" in missing_folder.stderr
+    # A rejected option changes nothing in the MLflow store.
+    assert (tmp_path / "mlflow.db").read_bytes() == before
+    again = polysearch("best", "--study", "tiny", *stores, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    # The same test accuracy measured twice is one row of the run's metric history.
+    history = client.get_metric_history(top.user_attrs["mlflow_run_id"], "test_accuracy")
+    assert len(history) == 1
+
     model_path = tmp_path / "approximated.pt"
     applied = polysearch(
         "apply",
