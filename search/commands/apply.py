@@ -60,6 +60,10 @@ def save_model(path: Path, model: Any, payload: dict[str, Any], *, overwrite: bo
     os.close(descriptor)
     try:
         torch.save({**payload, "state_dict": state}, temporary)
+        # mkstemp creates the file for its owner only; give it the mode of a plain new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import time
 import urllib.request
 
@@ -122,6 +123,11 @@ def test_search_logs_runs_best_top_trial(tmp_path, tiny_checkpoint):
     # The same configuration on the same test split gives the same accuracy.
     assert f"Test accuracy {entry['test_accuracy']:.2f} %" in applied.stdout
     assert model_path.is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    # Written files get the mode of any new file under the umask, not mkstemp's 0600.
+    assert stat.S_IMODE(model_path.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(output.stat().st_mode) == 0o666 & ~umask
     applied_runs = client.search_runs([client.get_experiment_by_name("applied").experiment_id])
     assert len(applied_runs) == 1
     assert applied_runs[0].data.metrics["test_accuracy"] == pytest.approx(entry["test_accuracy"])
