@@ -343,3 +343,22 @@ def test_search_interrupt_one_worker_one_line(tmp_path, tiny_checkpoint):
     assert "[W " not in stderr
     assert "mlflow" not in stderr
     _assert_interrupt_recorded(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["busy port", "foreign host"])
+def test_dashboard_unusable_address_exit_2(tmp_path, where):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="listed", storage=storage)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # 10.255.255.1 is no address of this machine, so binding it fails without traffic.
+        host = "127.0.0.1" if where == "busy port" else "10.255.255.1"
+        options = ["--host", host, "--port", str(port if where == "busy port" else _free_port())]
+        result = polysearch("dashboard", "--storage", storage, *options, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"cannot listen on {host}:" in result.stderr
+    # The address is printed only once the server listens.
+    assert "Dashboard at" not in result.stdout
