@@ -15,6 +15,7 @@ as its user attribute ``mlflow_run_id``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -23,7 +24,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,9 @@ def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> A
             path.parent.mkdir(parents=True, exist_ok=True)
     check_sqlite_url(uri, must_exist=must_exist, what="MLflow store", hint=MLFLOW_HINT)
     try:
-        # The first client on an empty database creates MLflow's tables.
-        with schema_lock(uri):
+        # The first client on an empty database creates MLflow's tables. A server is asked
+        # once, without MLflow's retries, so that a wrong address fails in seconds.
+        with schema_lock(uri), _single_http_attempt():
             client = MlflowClient(tracking_uri=uri)
             retry_locked(client.search_experiments)(max_results=1)
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as error:
@@ -144,6 +146,34 @@ def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> A
             f"cannot open MLflow store {mask_url(uri)!r}: {first}; {MLFLOW_HINT}"
         ) from None
     return client
+
+
+# Seconds the first request to an MLflow server may take before the server counts as
+# unreachable; MLflow's own default (MLFLOW_HTTP_REQUEST_TIMEOUT) is 120 s with 7 retries.
+PROBE_TIMEOUT = 10
+
+
+@contextlib.contextmanager
+def _single_http_attempt() -> Iterator[None]:
+    """Let MLflow's HTTP requests inside the block make one attempt of ``PROBE_TIMEOUT`` s.
+
+    MLflow reads both variables at every request; the values before the block come back
+    after it.
+    """
+    names = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT),
+    }
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def experiment_id(client: Any, study_name: str, uri: str, *, create: bool = True) -> str | None:

@@ -362,3 +362,19 @@ def test_dashboard_unusable_address_exit_2(tmp_path, where):
     assert f"cannot listen on {host}:" in result.stderr
     # The address is printed only once the server listens.
     assert "Dashboard at" not in result.stdout
+
+
+def test_search_unreachable_mlflow_server_fails_fast(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=2)
+    # Nothing listens on port 1, so the connection is refused at once.
+    uri = "http://user:secret@127.0.0.1:1"
+    started = time.monotonic()
+    result = polysearch("search", str(spec), "--mlflow-uri", uri, cwd=tmp_path, timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "cannot open MLflow store 'http://user:***@127.0.0.1:1'" in result.stderr
+    assert "secret" not in result.stderr
+    # MLflow's default of 7 retries with backoff took minutes; one attempt takes seconds
+    # (the bound leaves room for the imports on a loaded machine).
+    assert elapsed < 40
