@@ -88,6 +88,8 @@ class ProgressPrinter:
         self.finished_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         trials = study.get_trials(deepcopy=False, states=self.finished_states)
         self.seen = {trial.number for trial in trials}
+        # Trials of any final state that finished since this printer was created.
+        self.launched = 0
         counted = sum(1 for trial in trials if trial.state != TrialState.FAIL)
         self.single = len(study.directions) == 1
         self.bar = tqdm(
@@ -105,6 +107,7 @@ class ProgressPrinter:
         if trial.number in self.seen or trial.state not in self.finished_states:
             return
         self.seen.add(trial.number)
+        self.launched += 1
         if trial.state != TrialState.FAIL:
             self.bar.update(1)
         self.bar.write(self.describe(study, trial), file=sys.stdout)
@@ -124,10 +127,14 @@ class ProgressPrinter:
             reason = trial.user_attrs.get("fail_reason", "its process stopped")
             return f"{head}: {reason}"
         accuracy = trial.user_attrs.get("validation_accuracy")
+        if accuracy is None and trial.state == TrialState.COMPLETE:
+            # A trial that repeats earlier parameters stores only its values; validation
+            # accuracy is always the first objective.
+            accuracy = trial.values[0]
         if trial.state == TrialState.PRUNED:
             steps = trial.user_attrs.get("step_accuracies") or []
             accuracy = steps[-1] if steps else None
-        text = head if accuracy is None else f"{head}: accuracy {accuracy:.2f} %"
+        text = head if accuracy is None else f"{head}: validation accuracy {accuracy:.2f} %"
         if trial.state == TrialState.COMPLETE and not self.single:
             text += f", HE cost {trial.values[1]:g}"
         return f"{text}; {best_so_far(study)}"
@@ -142,9 +149,14 @@ def best_so_far(study: Any) -> str:
         if len(study.directions) == 1:
             best = study.best_trial
             return f"best {best.value:.2f} % (trial {best.number})"
-        return f"Pareto front {len(study.best_trials)} trials"
+        return f"Pareto front {count_noun(len(study.best_trials), 'trial')}"
     except ValueError:
         return "no complete trial yet"
+
+
+def count_noun(count: int, noun: str) -> str:
+    """Return ``count`` with ``noun``, plural unless the count is 1 (``1 trial``, ``2 trials``)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _worker_process(
@@ -371,16 +383,28 @@ def run(args: argparse.Namespace) -> int:
             running,
             spec.search.grace_period,
         )
-    experiment = tracking.experiment_id(client, spec.name, spec.tracking.mlflow_uri)
+    storage_url = mask_url(spec.tracking.storage)
+    experiment = tracking.experiment_id(client, spec.name, spec.tracking.mlflow_uri, create=False)
+    if experiment is not None:
+        tracking.fail_stale_launch_runs(client, experiment, spec.name)
+    if finished >= spec.search.n_trials:
+        # Nothing to run: no launch run, so that reruns of a finished study leave no trace.
+        print(
+            f"Study {spec.name!r}: {finished} of {spec.search.n_trials} trials already "
+            f"finished; {best_so_far(study)}. Pass a larger --n-trials to run more."
+        )
+        _print_next_steps(spec, storage_url)
+        return 0
+    if experiment is None:
+        experiment = tracking.experiment_id(client, spec.name, spec.tracking.mlflow_uri)
     # A worker runs one trial at a time, so more workers than missing trials would idle.
     workers = max(1, min(spec.search.workers, spec.search.n_trials - finished))
-    tracking.fail_stale_launch_runs(client, experiment, spec.name)
     parent_run_id = tracking.start_launch_run(
         client, experiment, study_name=spec.name, spec=spec.to_dict(), workers=workers
     )
     print(
         f"Study {spec.name!r}: {finished} of {spec.search.n_trials} trials finished, "
-        f"{workers} worker(s); MLflow run {parent_run_id}",
+        f"{count_noun(workers, 'worker')}; MLflow run {parent_run_id}",
         flush=True,
     )
     printer = ProgressPrinter(study, spec.search.n_trials)
@@ -411,13 +435,19 @@ def run(args: argparse.Namespace) -> int:
     tracking.log_batch(client, parent_run_id, metrics={"launch_seconds": elapsed})
     tracking.end_run(client, parent_run_id, "FINISHED")
     print(
-        f"Study {spec.name!r}: {finished} trials finished in {elapsed:.0f} s; {best_so_far(study)}"
+        f"Study {spec.name!r}: this launch: {count_noun(printer.launched, 'trial')} in "
+        f"{elapsed:.0f} s; study: {finished} of {spec.search.n_trials} finished; "
+        f"{best_so_far(study)}"
     )
-    storage_url = mask_url(spec.tracking.storage)
+    _print_next_steps(spec, storage_url)
+    return 0
+
+
+def _print_next_steps(spec: Any, storage_url: str) -> None:
+    """Print the commands that show the study and pull its best configuration."""
     print(f"Open the dashboard:  polysearch dashboard --storage {storage_url}")
     print(
         f"Pull the best result: polysearch best --study {spec.name} "
         f"--storage {storage_url} --mlflow-uri {mask_url(spec.tracking.mlflow_uri)} "
         f"--output {spec.name}-best.json"
     )
-    return 0

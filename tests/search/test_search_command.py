@@ -34,7 +34,13 @@ def test_search_logs_runs_best_top_trial(tmp_path, tiny_checkpoint):
     spec = write_spec(tmp_path, tiny_checkpoint, n_trials=4)
     result = polysearch("search", str(spec), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("trial ") >= 4
+    assert result.stdout.count("validation accuracy") >= 4
+    assert "this launch: 4 trials in " in result.stdout
+    assert "study: 4 of 4 finished" in result.stdout
+    # A rerun of a finished study runs nothing and adds no launch run.
+    rerun = polysearch("search", str(spec), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "4 of 4 trials already finished" in rerun.stdout
 
     study = _study(tmp_path)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
