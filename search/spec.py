@@ -386,6 +386,9 @@ def build_spec(
     document: dict[str, Any] = {
         key: dict(value) if isinstance(value, Mapping) else value for key, value in raw.items()
     }
+    # The document's own values are checked too where an override replaces them, so that a
+    # wrong value in a file is found even while the command line hides it.
+    _check_fields(document)
     _apply_overrides(document, overrides or {})
 
     for key in document:
@@ -419,6 +422,23 @@ def build_spec(
     spec = StudySpec(name=top["name"], seed=top["seed"], source=source, **sections)
     _check_combinations(spec)
     return spec
+
+
+def _check_fields(document: Mapping[str, Any]) -> None:
+    """Check every key and value of a document on its own (no required keys, no
+    combinations)."""
+    for key, value in document.items():
+        if key in TOP_LEVEL:
+            TOP_LEVEL[key](key, value)
+            continue
+        if key not in SECTIONS:
+            raise _unknown_key(key)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"invalid value {value!r} for '{key}': expected a table")
+        for field, field_value in value.items():
+            if field not in SECTIONS[key]:
+                raise _unknown_key(f"{key}.{field}")
+            SECTIONS[key][field](f"{key}.{field}", field_value)
 
 
 def _check_combinations(spec: StudySpec) -> None:

@@ -106,3 +106,12 @@ def test_parse_override_reads_toml_values():
     assert parse_override("search.timeout=1.5") == ("search.timeout", 1.5)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_override("space.degree")
+
+
+def test_spec_invalid_file_value_under_override():
+    # The override is valid, but the file's own value is not: the file must be fixed.
+    raw = {**MINIMAL, "search": {"n_trials": "30"}}
+    with pytest.raises(ValueError) as info:
+        build_spec(raw, default_name="demo", overrides={"search.n_trials": 1})
+    assert "'search.n_trials'" in str(info.value)
+    assert "'30'" in str(info.value)
