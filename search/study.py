@@ -236,16 +236,19 @@ class SearchContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def ensure_checkpoint(spec: StudySpec, *, progress: bool = True) -> Path:
+def ensure_checkpoint(spec: StudySpec, *, client: Any = None, progress: bool = True) -> Path:
     """Train the network and save its checkpoint if the checkpoint file does not exist.
 
     Training uses the ``[train]`` options of the specification on the dataset's train
-    split; the checkpoint records the validation and test accuracy.
+    split; the checkpoint records the validation and test accuracy. With an MLflow
+    ``client``, the training is logged as a run of the experiment ``training``, as
+    ``polysearch train`` logs it: options, per-epoch metrics, accuracies and the checkpoint.
     """
     from models.checkpoint import save_checkpoint
     from models.datasets import load_dataset
     from models.networks import build_network
     from models.training import evaluate, train
+    from search import tracking
 
     path = spec.network.checkpoint
     if path.exists():
@@ -271,33 +274,58 @@ def ensure_checkpoint(spec: StudySpec, *, progress: bool = True) -> Path:
         "seed": spec.seed,
         "limit": spec.data.limit,
     }
-    train(
-        model,
-        splits,
-        epochs=spec.train.epochs,
-        batch_size=spec.train.batch_size,
-        lr=spec.train.lr,
-        optimizer=spec.train.optimizer,
-        seed=spec.seed,
-        progress=progress,
-    )
-    accuracies = {
-        "validation": evaluate(model, splits.validation).accuracy,
-        "test": evaluate(model, splits.test).accuracy,
-    }
-    save_checkpoint(
-        path,
-        model,
-        network=spec.network.name,
-        dataset=spec.data.dataset,
-        input_shape=splits.input_shape,
-        num_classes=splits.num_classes,
-        mean=splits.mean,
-        std=splits.std,
-        options=options,
-        accuracies=accuracies,
-        overwrite=False,
-    )
+    run_id = None
+    if client is not None:
+        run_id = tracking.start_training_run(
+            client,
+            spec.tracking.mlflow_uri,
+            network=spec.network.name,
+            dataset=spec.data.dataset,
+            params={"study": spec.name, **options},
+        )
+
+    def log_epoch(metrics: dict[str, Any]) -> None:
+        values = {key: value for key, value in metrics.items() if key != "epoch"}
+        tracking.log_batch(client, run_id, metrics=values, step=metrics["epoch"])
+
+    try:
+        train(
+            model,
+            splits,
+            epochs=spec.train.epochs,
+            batch_size=spec.train.batch_size,
+            lr=spec.train.lr,
+            optimizer=spec.train.optimizer,
+            seed=spec.seed,
+            progress=progress,
+            on_epoch=None if run_id is None else log_epoch,
+        )
+        accuracies = {
+            "validation": evaluate(model, splits.validation).accuracy,
+            "test": evaluate(model, splits.test).accuracy,
+        }
+        save_checkpoint(
+            path,
+            model,
+            network=spec.network.name,
+            dataset=spec.data.dataset,
+            input_shape=splits.input_shape,
+            num_classes=splits.num_classes,
+            mean=splits.mean,
+            std=splits.std,
+            options=options,
+            accuracies=accuracies,
+            overwrite=False,
+        )
+    except BaseException as error:
+        if run_id is not None:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            tracking.end_run(client, run_id, status, reason=f"{type(error).__name__}: {error}")
+        raise
+    if run_id is not None:
+        tracking.log_batch(client, run_id, metrics={"test_accuracy": accuracies["test"]})
+        tracking.log_file(client, run_id, path, "checkpoint")
+        tracking.end_run(client, run_id, "FINISHED")
     logger.info(
         "saved %s (validation %.2f %%, test %.2f %%)",
         path,

@@ -38,6 +38,8 @@ MLFLOW_HINT = "pass --mlflow-uri sqlite:///PATH/TO/mlflow.db with an existing fo
 REPORT_ARTIFACT = "report.json"
 CONFIGURATION_ARTIFACT = "configuration.json"
 WEIGHTS_ARTIFACT = "configuration.weights.pt"
+# Experiment of the runs that train a checkpoint, the one ``polysearch train`` logs to.
+TRAINING_EXPERIMENT = "training"
 
 # MLflow rejects parameter values longer than this many characters.
 MAX_PARAM_LENGTH = 6000
@@ -269,6 +271,17 @@ def start_launch_run(
         for section, values in spec.items()
     }
     retry_locked(client.log_dict)(run.info.run_id, masked, "specification.json")
+    return run.info.run_id
+
+
+def start_training_run(
+    client: Any, uri: str, *, network: str, dataset: str, params: Mapping[str, Any]
+) -> str:
+    """Create a run in the experiment ``TRAINING_EXPERIMENT`` for training a checkpoint."""
+    experiment = experiment_id(client, TRAINING_EXPERIMENT, uri)
+    tags = {"network": network, "dataset": dataset, "code_version": code_version()}
+    run = retry_locked(client.create_run)(experiment, tags=tags, run_name=f"{network}-{dataset}")
+    log_batch(client, run.info.run_id, params={"network": network, "dataset": dataset, **params})
     return run.info.run_id
 
 

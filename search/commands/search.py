@@ -369,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     # Reach both stores before training or loading anything, so a wrong URL fails at once.
     storage = open_study_storage(spec)
     client = tracking.open_client(spec.tracking.mlflow_uri)
-    ensure_checkpoint(spec)
+    ensure_checkpoint(spec, client=client)
     # Load the network and data before the study exists, so that a checkpoint, dataset or
     # network without nonlinearities fails without storing anything.
     context = load_context(spec)

@@ -384,3 +384,22 @@ def test_search_unreachable_mlflow_server_fails_fast(tmp_path, tiny_checkpoint):
     # MLflow's default of 7 retries with backoff took minutes; one attempt takes seconds
     # (the bound leaves room for the imports on a loaded machine).
     assert elapsed < 40
+
+
+def test_search_logs_checkpoint_it_trains(tmp_path):
+    checkpoint = tmp_path / "trained.pt"
+    spec = write_spec(tmp_path, checkpoint, n_trials=1, extra="")
+    spec.write_text(spec.read_text() + "[train]\nepochs = 1\n")
+    result = polysearch("search", str(spec), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("training").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["study"] == "tiny"
+    assert run.data.params["epochs"] == "1"
+    assert 0 <= run.data.metrics["test_accuracy"] <= 100
+    artifacts = [item.path for item in client.list_artifacts(run.info.run_id, "checkpoint")]
+    assert artifacts == ["checkpoint/trained.pt"]
