@@ -344,7 +344,7 @@ def load_context(spec: StudySpec) -> SearchContext:
     from models.checkpoint import load_checkpoint
     from models.datasets import load_dataset
 
-    # The checkpoint must hold the network the specification names, or the study would
+    # The checkpoint must contain the network the specification names, or the study would
     # record trials under the wrong network.
     model, metadata = load_checkpoint(spec.network.checkpoint, network=spec.network.name)
     if metadata.get("dataset") not in (None, spec.data.dataset):
