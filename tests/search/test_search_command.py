@@ -403,3 +403,50 @@ def test_search_logs_checkpoint_it_trains(tmp_path):
     assert 0 <= run.data.metrics["test_accuracy"] <= 100
     artifacts = [item.path for item in client.list_artifacts(run.info.run_id, "checkpoint")]
     assert artifacts == ["checkpoint/trained.pt"]
+
+
+def test_search_two_objectives_pareto_front(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=4)
+    result = polysearch(
+        "search",
+        str(spec),
+        "--set",
+        'search.objectives=["accuracy", "he_cost"]',
+        "--set",
+        "search.sampler=nsga2",
+        "--set",
+        "approximation.strategy=stepwise",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    study = _study(tmp_path)
+    assert study.directions == [
+        optuna.study.StudyDirection.MAXIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+    ]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    best = polysearch(
+        "best",
+        "--study",
+        "tiny",
+        "--storage",
+        f"sqlite:///{tmp_path}/optuna.db",
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert best.returncode == 0, best.stderr
+    front = json.loads(best.stdout)
+    assert {entry["trial"] for entry in front} == {t.number for t in study.best_trials}
+    # No trial of the study dominates a member of the front.
+    for entry in front:
+        for trial in complete:
+            accuracy, cost = trial.values
+            assert not (
+                accuracy >= entry["validation_accuracy"]
+                and cost <= entry["he_cost"]
+                and (accuracy, cost) != (entry["validation_accuracy"], entry["he_cost"])
+            )
+        assert 0 <= entry["test_accuracy"] <= 100
