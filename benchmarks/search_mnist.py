@@ -159,8 +159,10 @@ def write_report(path: Path, cost: dict, searches: dict, threads: int, n_trials:
             f"{result['trials_per_minute']:.1f} | {best['trial']} | "
             f"{best['validation_accuracy']:.2f} | {best['test_accuracy']:.2f} | {reference} |"
         )
-        params = ", ".join(f"{key} = {value}" for key, value in best["params"].items())
-        lines.append("")
+    # The configurations follow the table, so that its rows stay one table.
+    lines.append("")
+    for network, result in searches.items():
+        params = ", ".join(f"{key} = {value}" for key, value in result["best"]["params"].items())
         lines.append(f"{network} best configuration: {params}.")
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
