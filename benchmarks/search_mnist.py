@@ -145,7 +145,8 @@ def write_report(path: Path, cost: dict, searches: dict, threads: int, n_trials:
         f"{cost['trial_s']:.2f} |",
         f"| ratio trial / bare forward pass | {cost['ratio']:.2f} |",
         "",
-        "## 100-trial searches (all at once, TPE, median pruner, no retraining)",
+        "## 100-trial searches (all at once, TPE, median pruner, no retraining; granularity as in "
+        "`studies/<network>-mnist.toml`: layer for cnn2, channel for cnn1)",
         "",
         "| network | trials | minutes | trials per minute | best trial | validation % | test % "
         "| reference report, test % |",
