@@ -13,6 +13,7 @@ import pytest
 from tests.scale.postgres import PostgresServer, find_bindir
 
 # The search tests' checkpoint fixture: cnn1 trained for one epoch on 2000 MNIST images.
+from tests.search import conftest as search_conftest
 from tests.search.conftest import LIMIT, tiny_checkpoint  # noqa: F401
 
 _database_numbers = itertools.count()
@@ -76,40 +77,17 @@ def write_spec(
     name: str = "scale",
     grace_period: int = 20,
 ) -> Path:
-    """Write a small all-at-once study on cnn1 with heartbeats every second.
+    """Write the search tests' small study with the given stores and a longer grace period.
 
-    ``grace_period`` is the seconds after which a trial without heartbeat is failed; tests
-    that kill a worker shorten it.
-
-    ``extra`` is appended at the end, so it may add keys to the ``[tracking]`` table or
-    start new tables.
+    Tests that kill a worker shorten ``grace_period``.
     """
-    path = folder / f"{name}.toml"
-    path.write_text(
-        f"""
-seed = 0
-[network]
-name = "cnn1"
-checkpoint = "{checkpoint}"
-[data]
-dataset = "mnist"
-limit = {LIMIT}
-calibration_size = 256
-[space]
-degree = [2, 4]
-percentile = [95.0, 100.0]
-percentile_step = 0.5
-[search]
-sampler = "random"
-pruner = "none"
-n_trials = {n_trials}
-heartbeat_interval = 1
-grace_period = {grace_period}
-[tracking]
-storage = "{storage}"
-mlflow_uri = "{mlflow_uri}"
-figures = "none"
-{extra}
-"""
+    return search_conftest.write_spec(
+        folder,
+        checkpoint,
+        n_trials=n_trials,
+        extra=extra,
+        name=name,
+        storage=storage,
+        mlflow_uri=mlflow_uri,
+        grace_period=grace_period,
     )
-    return path

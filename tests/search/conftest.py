@@ -44,9 +44,26 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def write_spec(folder: Path, checkpoint: Path, *, n_trials: int, extra: str = "") -> Path:
-    """Write a small all-at-once study specification that stores everything in ``folder``."""
-    path = folder / "tiny.toml"
+def write_spec(
+    folder: Path,
+    checkpoint: Path,
+    *,
+    n_trials: int,
+    extra: str = "",
+    name: str = "tiny",
+    storage: str | None = None,
+    mlflow_uri: str | None = None,
+    grace_period: int = 2,
+) -> Path:
+    """Write a small all-at-once study on cnn1 with heartbeats every second.
+
+    The stores default to ``optuna.db`` and ``mlflow.db`` in ``folder``. ``grace_period`` is
+    the seconds after which a trial without heartbeat is failed. ``extra`` is appended at the
+    end, so it may add keys to the ``[tracking]`` table or start new tables.
+    """
+    storage = storage or f"sqlite:///{folder}/optuna.db"
+    mlflow_uri = mlflow_uri or f"sqlite:///{folder}/mlflow.db"
+    path = folder / f"{name}.toml"
     path.write_text(
         f"""
 seed = 0
@@ -66,10 +83,10 @@ sampler = "random"
 pruner = "none"
 n_trials = {n_trials}
 heartbeat_interval = 1
-grace_period = 2
+grace_period = {grace_period}
 [tracking]
-storage = "sqlite:///{folder}/optuna.db"
-mlflow_uri = "sqlite:///{folder}/mlflow.db"
+storage = "{storage}"
+mlflow_uri = "{mlflow_uri}"
 figures = "none"
 {extra}
 """
