@@ -17,7 +17,10 @@ are bounded by ``2^(d-1)`` times the Chebyshev coefficients, so float32 rounding
 
 Outside ``[lo, hi]`` the module returns the polynomial's true value, as encrypted
 inference would compute it; no clipping. It counts, per channel, how many inputs fell
-outside the range since the last ``reset_counts``.
+outside the range since the last ``reset_counts``. In batches of ``COUNT_STRIDE`` samples or
+more it counts every ``COUNT_STRIDE``-th sample only, so the share outside is an estimate
+from a systematic sample of the batch; counting every value costs about a fifth of the
+polynomial's evaluation time, which a search pays on every trial.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import numpy as np
 import torch
 from numpy.polynomial import chebyshev as np_chebyshev
 from torch import nn
+
+# Stride over the batch dimension of the samples whose inputs are counted.
+COUNT_STRIDE = 8
 
 
 class PolynomialActivation(nn.Module):
@@ -140,6 +146,8 @@ class PolynomialActivation(nn.Module):
 
     @torch.no_grad()
     def _count(self, t: torch.Tensor) -> None:
+        if t.dim() > 0 and t.shape[0] >= COUNT_STRIDE:
+            t = t[::COUNT_STRIDE]
         # |t| > 1 as 0.0/1.0 in place (NaN compares false, infinities count as outside).
         outside = t.detach().abs().gt_(1.0)
         batch = outside.shape[0] if outside.dim() > 0 else 1

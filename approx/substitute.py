@@ -114,7 +114,8 @@ class ChannelFit:
         max_error: Maximum absolute fit error on [lo, hi].
         converged: Whether the Remez iteration converged.
         outside_share: Fraction of the validation inputs outside [lo, hi] in the final
-            network (None until measured).
+            network, counted on every ``COUNT_STRIDE``-th sample of each batch (see
+            ``approx.polynomial``); None until measured.
     """
 
     degree: int

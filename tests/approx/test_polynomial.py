@@ -8,7 +8,7 @@ import torch
 from numpy.polynomial import chebyshev as np_chebyshev
 from numpy.polynomial import polynomial as np_polynomial
 
-from approx.polynomial import PolynomialActivation, power_coefficients
+from approx.polynomial import COUNT_STRIDE, PolynomialActivation, power_coefficients
 
 
 def _power_in_x(chebyshev: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -60,6 +60,17 @@ def test_polynomial_outside_share_per_channel():
     assert module.outside_share().tolist() == [0.5, 0.5]
     module.reset_counts()
     assert module.outside_share().tolist() == [0.0, 0.0]
+
+
+def test_polynomial_outside_share_large_batch_sampled():
+    module = PolynomialActivation(np.array([[0.0, 1.0], [0.0, 1.0]]), [[-1.0, 1.0], [-1.0, 1.0]])
+    # (N=64, C=2, 3): in channel 0 one value in three is outside [-1, 1], in channel 1 none.
+    x = torch.zeros(64, 2, 3)
+    x[:, 0, 0] = 2.0
+    module(x)
+    assert module.outside_share().tolist() == pytest.approx([1 / 3, 0.0])
+    # Every COUNT_STRIDE-th sample is counted: 8 of 64, 3 values per channel each.
+    assert module.seen == (64 // COUNT_STRIDE) * 3
 
 
 def test_polynomial_inplace_writes_input():
