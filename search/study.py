@@ -636,7 +636,15 @@ def create_study(spec: StudySpec, storage: Any, *, seed: int | None = None) -> A
 
 
 def fail_stale_trials(study: Any) -> None:
-    """Fail RUNNING trials whose heartbeat is older than the grace period (their process died)."""
+    """Fail RUNNING trials whose process died, and run the storage's stale-trial callback.
+
+    Optuna fails trials whose last heartbeat is older than the grace period. A process can
+    die after storing its trial and before the first heartbeat, for example when killed or
+    when the database crashes. That trial has no heartbeat, so Optuna never fails it, and it
+    would hold a place in the budget for ever. It is failed here once this process has seen
+    it RUNNING without a heartbeat for longer than the grace period. A live trial records
+    its first heartbeat right after it is stored, long before that.
+    """
     import warnings
 
     import optuna
@@ -644,6 +652,73 @@ def fail_stale_trials(study: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+        _fail_trials_without_heartbeat(study)
+
+
+# When this process first saw a RUNNING trial without a heartbeat, by (storage URL, trial id).
+_WITHOUT_HEARTBEAT_SINCE: dict[tuple[int, int], float] = {}
+
+
+def _trials_without_heartbeat(storage: Any, study_id: int) -> list[int]:
+    """Return the ids of the study's RUNNING trials that have no heartbeat row."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    query = (
+        sqlalchemy.select(models.TrialModel.trial_id)
+        .outerjoin(
+            models.TrialHeartbeatModel,
+            models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
+        )
+        .where(models.TrialModel.study_id == study_id)
+        .where(models.TrialModel.state == TrialState.RUNNING)
+        .where(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+    )
+    with storage.engine.connect() as connection:
+        return [row[0] for row in connection.execute(query)]
+
+
+def _fail_trials_without_heartbeat(study: Any) -> None:
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    # Studies hold their RDBStorage inside Optuna's caching wrapper.
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage) or backend.heartbeat_interval is None:
+        return
+    grace_period = backend.grace_period or 2 * backend.heartbeat_interval
+    now = time.monotonic()
+    found = {
+        (backend.url, trial_id) for trial_id in _trials_without_heartbeat(backend, study._study_id)
+    }
+    for key in [key for key in _WITHOUT_HEARTBEAT_SINCE if key[0] == backend.url]:
+        if key not in found:
+            del _WITHOUT_HEARTBEAT_SINCE[key]
+    failed = []
+    for key in sorted(found):
+        since = _WITHOUT_HEARTBEAT_SINCE.setdefault(key, now)
+        if now - since <= grace_period:
+            continue
+        del _WITHOUT_HEARTBEAT_SINCE[key]
+        try:
+            if storage.set_trial_state_values(key[1], state=TrialState.FAIL):
+                failed.append(key[1])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in failed:
+        trial = storage.get_trial(trial_id)
+        logger.warning(
+            "trial %d was RUNNING without a heartbeat for more than %g s: its process died "
+            "before recording one",
+            trial.number,
+            grace_period,
+        )
+        if callback is not None:
+            callback(study, trial)
 
 
 @dataclass

@@ -74,10 +74,16 @@ def test_three_workers_fill_budget_exactly(tmp_path, tiny_checkpoint, postgres, 
     assert not [text for text in texts if postgres.password in text]
 
 
-def _running_after_complete(storage: str) -> bool:
-    """Return whether a trial runs while an earlier one has finished."""
-    states = [trial.state for trial in load_study(storage).trials]
-    return TrialState.COMPLETE in states and TrialState.RUNNING in states
+def _sampled_trial_after_complete(storage: str) -> bool:
+    """Return whether a trial with sampled parameters runs while an earlier one has finished.
+
+    A trial is stored RUNNING before its parameters are sampled. A trial killed in that
+    moment has no parameters to retry, so its retry samples new ones.
+    """
+    trials = load_study(storage).trials
+    return any(t.state == TrialState.COMPLETE for t in trials) and any(
+        t.state == TrialState.RUNNING and t.params for t in trials
+    )
 
 
 def _kill_in_trial(spec, storage: str, folder) -> object:
@@ -89,7 +95,7 @@ def _kill_in_trial(spec, storage: str, folder) -> object:
     for attempt in range(3):
         victim = start_worker("search", str(spec), cwd=folder, name=f"victim{attempt}")
         try:
-            wait_for(lambda: _running_after_complete(storage), 180, "a running second trial")
+            wait_for(lambda: _sampled_trial_after_complete(storage), 180, "a second trial sampled")
         finally:
             victim.send_signal(signal.SIGKILL)
             victim.communicate()

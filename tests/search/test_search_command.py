@@ -178,6 +178,31 @@ def test_search_resumes_after_kill(tmp_path, tiny_checkpoint):
     assert sorted(run.info.status for run in launches) == ["FAILED", "FINISHED"]
 
 
+def test_search_retries_trial_without_heartbeat(tmp_path, tiny_checkpoint):
+    # A process that dies after storing its trial and before the first heartbeat leaves a
+    # RUNNING trial without a heartbeat. The next launch fails that trial and retries it.
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=2)
+    assert polysearch("search", str(spec), cwd=tmp_path).returncode == 0
+    without_heartbeat = optuna.load_study(
+        study_name="tiny", storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    )
+    orphan = without_heartbeat.ask(_study(tmp_path).trials[0].distributions)
+    orphan_params = dict(orphan.params)
+    assert len(orphan_params) == 2
+
+    result = polysearch("search", str(spec), "--n-trials", "3", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"trial {orphan.number} was RUNNING without a heartbeat" in result.stderr
+    trials = _study(tmp_path).trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retried) == 1
+    assert retried[0].params == orphan_params
+    assert retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    states = [trial.state for trial in trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 3
+
+
 def test_search_two_workers_share_budget(tmp_path, tiny_checkpoint):
     spec = write_spec(tmp_path, tiny_checkpoint, n_trials=6)
     result = polysearch("search", str(spec), "--workers", "2", cwd=tmp_path, timeout=300)
