@@ -359,16 +359,18 @@ def end_run(client: Any, run_id: str, status: str, *, reason: str | None = None)
 
 
 def fail_stale_run(client: Any, run_id: str, reason: str) -> None:
-    """Mark a run FAILED if it is still RUNNING (its process died); others stay as they are."""
+    """Mark the run of a trial that was failed for lack of heartbeats FAILED, with the reason.
+
+    A run that already ended is changed as well, because its process can die after ending
+    the run and before Optuna stores the trial's state. The trial is FAIL either way.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
-        run = retry_locked(client.get_run)(run_id)
-    except MlflowException as error:
-        logger.warning("cannot read MLflow run %s to fail it: %s", run_id, error)
-        return
-    if run.info.status == "RUNNING":
+        retry_locked(client.set_tag)(run_id, "optuna_state", "FAIL")
         end_run(client, run_id, "FAILED", reason=reason)
+    except MlflowException as error:
+        logger.warning("cannot mark MLflow run %s FAILED: %s", run_id, error)
 
 
 def log_json(client: Any, run_id: str, values: Mapping[str, Any], artifact: str) -> None:
@@ -614,7 +616,7 @@ class StaleTrialHandler:
         import optuna
 
         logger.warning(
-            "trial %d stopped sending heartbeats: marked FAIL, its parameters are queued again",
+            "trial %d has no recent heartbeat: marked FAIL, its parameters are queued again",
             trial.number,
         )
         with warnings.catch_warnings():
