@@ -347,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
     from models.threads import available_cores
     from search import tracking
     from search.spec import load_spec
+    from search.storage import STORAGE_HINT, check_sqlite_url
     from search.study import (
         count_trials,
         create_study,
@@ -367,8 +368,13 @@ def run(args: argparse.Namespace) -> int:
             "more workers on other machines against a shared --storage"
         )
     # Reach both stores before training or loading anything, so a wrong URL fails at once.
-    storage = open_study_storage(spec)
+    # The storage's file is checked first and created last, so that an MLflow store that
+    # cannot be opened leaves no new study database behind.
+    check_sqlite_url(
+        spec.tracking.storage, must_exist=False, what="Optuna storage", hint=STORAGE_HINT
+    )
     client = tracking.open_client(spec.tracking.mlflow_uri)
+    storage = open_study_storage(spec)
     ensure_checkpoint(spec, client=client)
     # Load the network and data before the study exists, so that a checkpoint, dataset or
     # network without nonlinearities fails without storing anything.
