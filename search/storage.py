@@ -256,17 +256,17 @@ def open_storage(
             )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         raise ValueError(
-            f"cannot open Optuna storage {mask_url(url)!r}: {_first_line(error)}; {STORAGE_HINT}"
+            f"cannot open Optuna storage {mask_url(url)!r}: {first_line(error)}; {STORAGE_HINT}"
         ) from None
     except ImportError as error:
         raise ValueError(
-            f"cannot open Optuna storage {mask_url(url)!r}: {_first_line(error)} (the database "
+            f"cannot open Optuna storage {mask_url(url)!r}: {first_line(error)} (the database "
             "driver for this URL is not installed); install it or pass another --storage"
         ) from None
     except RuntimeError as error:
         # Optuna raises RuntimeError for a schema version it cannot use.
         raise ValueError(
-            f"cannot use Optuna storage {mask_url(url)!r}: {_first_line(error)}; run "
+            f"cannot use Optuna storage {mask_url(url)!r}: {first_line(error)}; run "
             "'optuna storage upgrade' on it or pass another --storage"
         ) from None
     if path is not None:
@@ -274,7 +274,8 @@ def open_storage(
     return storage
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """Return the first line of an error's message with any password masked."""
     text = str(error).strip() or type(error).__name__
     return credentials.mask_text(text.splitlines()[0])
 

@@ -199,6 +199,8 @@ class BudgetLock:
             from sqlalchemy import text
             from sqlalchemy.exc import SQLAlchemyError
 
+            from search.storage import first_line
+
             connection, self._connection = self._connection, None
             try:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
@@ -206,7 +208,7 @@ class BudgetLock:
                 connection.close()
             except SQLAlchemyError as error:
                 # The server dropped the session, and with it the lock.
-                logger.warning("cannot release the budget lock: %s", error)
+                logger.warning("cannot release the budget lock: %s", first_line(error))
                 connection.invalidate()
                 connection.close()
         if self._stream is not None:

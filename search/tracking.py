@@ -30,7 +30,14 @@ from typing import Any
 
 from search.credentials import mask_text
 from search.spec import DEFAULT_MLFLOW_URI
-from search.storage import check_sqlite_url, mask_url, retry_locked, schema_lock, sqlite_path
+from search.storage import (
+    check_sqlite_url,
+    first_line,
+    mask_url,
+    retry_locked,
+    schema_lock,
+    sqlite_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +67,34 @@ def _keep_optuna_record(record: logging.LogRecord) -> bool:
     return not _FAILED_VALUE_NONE.fullmatch(record.getMessage())
 
 
+def _drop_reraised_database_error(record: logging.LogRecord) -> bool:
+    """Drop MLflow's traceback of a database error that it raises again right after.
+
+    The raised error reaches the command, which reports it in one line.
+    """
+    return not record.getMessage().startswith("SQLAlchemy database error")
+
+
+def _keep_first_line(record: logging.LogRecord) -> bool:
+    """Shorten a record to the first line of its message and drop its traceback."""
+    lines = record.getMessage().strip().splitlines()
+    if len(lines) > 1 or record.exc_info:
+        record.msg = lines[0] if lines else ""
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
 def configure_library_logging() -> None:
     """Route Optuna's and MLflow's messages through ``logging`` at the WARNING level.
 
     Optuna logs at WARNING and above through the root logger's handlers (so credentials are
-    masked there too), MLflow's INFO lines about creating its database tables are dropped,
-    and MLflow draws no progress bar while it downloads artifacts. Call it before MLflow
-    logs anything; calling it again changes nothing.
+    masked there too), and its storage warnings keep their first line only. MLflow's INFO
+    lines about creating its database tables are dropped, and so are its tracebacks of
+    database errors that it raises again for the command to report. MLflow draws no progress
+    bar while it downloads artifacts. Call it before MLflow logs anything; calling it again
+    changes nothing.
     """
     import optuna
 
@@ -78,7 +106,13 @@ def configure_library_logging() -> None:
     optimize_logger = logging.getLogger("optuna.study._optimize")
     if _keep_optuna_record not in optimize_logger.filters:
         optimize_logger.addFilter(_keep_optuna_record)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    database_logger = logging.getLogger("mlflow.store.db.utils")
+    database_logger.setLevel(logging.WARNING)
+    if _drop_reraised_database_error not in database_logger.filters:
+        database_logger.addFilter(_drop_reraised_database_error)
+    storage_logger = logging.getLogger("optuna.storages._rdb.storage")
+    if _keep_first_line not in storage_logger.filters:
+        storage_logger.addFilter(_keep_first_line)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -370,7 +404,7 @@ def fail_stale_run(client: Any, run_id: str, reason: str) -> None:
         retry_locked(client.set_tag)(run_id, "optuna_state", "FAIL")
         end_run(client, run_id, "FAILED", reason=reason)
     except MlflowException as error:
-        logger.warning("cannot mark MLflow run %s FAILED: %s", run_id, error)
+        logger.warning("cannot mark MLflow run %s FAILED: %s", run_id, first_line(error))
 
 
 def log_json(client: Any, run_id: str, values: Mapping[str, Any], artifact: str) -> None:

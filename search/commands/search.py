@@ -336,11 +336,12 @@ def store_failure(error: BaseException, spec: Any) -> ValueError | None:
 def _end_launch_run(client: Any, run_id: str, status: str, reason: str) -> None:
     """End the launch's run, logging instead of raising when the MLflow store fails too."""
     from search import tracking
+    from search.storage import first_line
 
     try:
         tracking.end_run(client, run_id, status, reason=reason)
     except Exception as error:  # noqa: BLE001 - the original error is the one to report
-        logger.warning("cannot end MLflow run %s as %s: %s", run_id, status, error)
+        logger.warning("cannot end MLflow run %s as %s: %s", run_id, status, first_line(error))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -89,6 +89,8 @@ def test_storage_lost_mid_run_resumes(tmp_path, tiny_checkpoint, own_postgres):
     assert " failed: " in last
     assert "run the same command to resume" in last
     assert "polysearch:***@127.0.0.1" in last
+    # Warnings before the error are one line each, without the libraries' tracebacks.
+    assert "Traceback" not in stderr
     assert own_postgres.password not in stderr
     assert own_postgres.password not in stdout
 
