@@ -58,7 +58,11 @@ def test_three_workers_fill_budget_exactly(tmp_path, tiny_checkpoint, postgres, 
         assert run.data.tags["optuna_state"] == trial.state.name
 
     launches = [run for run in all_runs(mlflow_uri) if "optuna_trial_number" not in run.data.tags]
-    assert len(launches) == 3
+    # A worker that starts after the budget is met runs nothing and opens no launch run; on
+    # a loaded machine the third one can be that late.
+    late = [stdout for _, stdout, _ in results if "trials already finished" in stdout]
+    assert len(late) <= 1
+    assert len(launches) == 3 - len(late)
     assert {run.info.status for run in launches} == {"FINISHED"}
     # Every trial run nests under one of the three launches.
     assert {run.data.tags["mlflow.parentRunId"] for run in runs} <= {
