@@ -58,8 +58,8 @@ def test_three_workers_fill_budget_exactly(tmp_path, tiny_checkpoint, postgres, 
         assert run.data.tags["optuna_state"] == trial.state.name
 
     launches = [run for run in all_runs(mlflow_uri) if "optuna_trial_number" not in run.data.tags]
-    # A worker that starts after the budget is met runs nothing and opens no launch run; on
-    # a loaded machine the third one can be that late.
+    # A worker that starts after the budget is met runs nothing and opens no launch run. On
+    # a loaded machine the third worker can start that late.
     late = [stdout for _, stdout, _ in results if "trials already finished" in stdout]
     assert len(late) <= 1
     assert len(launches) == 3 - len(late)
