@@ -58,23 +58,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Return the specification overrides the command line sets (dotted key -> value)."""
+    """Return the specification overrides the command line sets (dotted key -> value).
+
+    Raises:
+        ValueError: a named option and ``--set`` give one key two different values.
+    """
     from search.spec import parse_override
 
     overrides: dict[str, Any] = {}
     for text in args.overrides:
         key, value = parse_override(text)
         overrides[key] = value
-    overrides.update(
-        {
-            "search.n_trials": args.n_trials,
-            "search.workers": args.workers,
-            "search.timeout": args.timeout,
-            "tracking.storage": args.storage,
-            "tracking.mlflow_uri": args.mlflow_uri,
-            "name": args.study,
-        }
-    )
+    named = {
+        "search.n_trials": ("--n-trials", args.n_trials),
+        "search.workers": ("--workers", args.workers),
+        "search.timeout": ("--timeout", args.timeout),
+        "tracking.storage": ("--storage", args.storage),
+        "tracking.mlflow_uri": ("--mlflow-uri", args.mlflow_uri),
+        "name": ("--study", args.study),
+    }
+    for key, (option, value) in named.items():
+        if value is None:
+            continue
+        if key in overrides and overrides[key] != value:
+            raise ValueError(
+                f"{option} {value!r} and --set {key}={overrides[key]!r} disagree: pass one of them"
+            )
+        overrides[key] = value
     return overrides
 
 

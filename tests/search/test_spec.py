@@ -115,3 +115,48 @@ def test_spec_invalid_file_value_under_override():
         build_spec(raw, default_name="demo", overrides={"search.n_trials": 1})
     assert "'search.n_trials'" in str(info.value)
     assert "'30'" in str(info.value)
+
+
+def _search_options(*argv: str):
+    import argparse
+
+    from search.commands.search import add_arguments, spec_overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return spec_overrides(parser.parse_args([str(STUDIES / "cnn2-mnist.toml"), *argv]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        (["--set", "search.n_trials=31"], "n_trials", 31),
+        (["--n-trials", "12"], "n_trials", 12),
+        (["--set", "search.n_trials=12", "--n-trials", "12"], "n_trials", 12),
+        (["--set", 'tracking.storage="sqlite:///other.db"'], "storage", "sqlite:///other.db"),
+        (["--set", 'name="renamed"'], "name", "renamed"),
+        (["--set", "search.workers=2"], "workers", 2),
+        (["--set", "search.timeout=60"], "timeout", 60),
+    ],
+)
+def test_search_options_set_named_keys(argv, field, expected):
+    spec = load_spec(STUDIES / "cnn2-mnist.toml", overrides=_search_options(*argv))
+    values = {
+        "n_trials": spec.search.n_trials,
+        "storage": spec.tracking.storage,
+        "name": spec.name,
+        "workers": spec.search.workers,
+        "timeout": spec.search.timeout,
+    }
+    assert values[field] == expected
+
+
+def test_search_options_set_invalid_named_key():
+    overrides = _search_options("--set", 'search.n_trials="ten"')
+    with pytest.raises(ValueError, match="'search.n_trials'"):
+        load_spec(STUDIES / "cnn2-mnist.toml", overrides=overrides)
+
+
+def test_search_options_conflict_rejected():
+    with pytest.raises(ValueError, match="--n-trials 5 and --set search.n_trials=6 disagree"):
+        _search_options("--set", "search.n_trials=6", "--n-trials", "5")
