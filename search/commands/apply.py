@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from models.checkpoint import load_checkpoint
     from models.datasets import load_dataset
     from models.training import evaluate
-    from search.tracking import configure_library_logging
+    from search.tracking import configure_library_logging, open_client
 
     configure_library_logging()
     if not args.config.is_file():
@@ -147,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"output file {str(output)!r} exists: pass --overwrite or another --output"
         )
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(output.parent)!r} of --output does not exist")
+    if not args.no_mlflow:
+        # Reach the store before writing the output, so that a wrong URI writes nothing.
+        open_client(args.mlflow_uri)
     configuration = Configuration.load(args.config)
     checkpoint = args.checkpoint or configuration_checkpoint(configuration)
     if checkpoint is None:

@@ -116,6 +116,19 @@ def test_search_logs_runs_best_top_trial(tmp_path, tiny_checkpoint):
     assert len(history) == 1
 
     model_path = tmp_path / "approximated.pt"
+    # An MLflow store that cannot be reached fails before the network file is written.
+    unreachable = polysearch(
+        "apply",
+        str(output),
+        "--output",
+        str(model_path),
+        "--mlflow-uri",
+        "http://127.0.0.1:1",
+        cwd=tmp_path,
+    )
+    assert unreachable.returncode == 2, unreachable.stderr
+    assert "cannot open MLflow store" in unreachable.stderr
+    assert not model_path.exists()
     applied = polysearch(
         "apply",
         str(output),
