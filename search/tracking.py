@@ -291,8 +291,7 @@ def start_launch_run(
         "optuna_study": study_name,
         "code_version": code_version(),
         "workers": workers,
-        "host": socket.gethostname(),
-        "host_pid": os.getpid(),
+        **_process_tags(),
     }
     run = retry_locked(client.create_run)(
         experiment, tags={key: str(value) for key, value in tags.items()}, run_name="launch"
@@ -311,12 +310,27 @@ def start_launch_run(
 def start_training_run(
     client: Any, uri: str, *, network: str, dataset: str, params: Mapping[str, Any]
 ) -> str:
-    """Create a run in the experiment ``TRAINING_EXPERIMENT`` for training a checkpoint."""
+    """Create a run in the experiment ``TRAINING_EXPERIMENT`` for training a checkpoint.
+
+    Training runs of this host whose process is gone (killed with SIGKILL) are marked
+    FAILED first.
+    """
     experiment = experiment_id(client, TRAINING_EXPERIMENT, uri)
-    tags = {"network": network, "dataset": dataset, "code_version": code_version()}
+    _fail_runs_of_ended_processes(client, experiment, "", "training")
+    tags = {
+        "network": network,
+        "dataset": dataset,
+        "code_version": code_version(),
+        **_process_tags(),
+    }
     run = retry_locked(client.create_run)(experiment, tags=tags, run_name=f"{network}-{dataset}")
     log_batch(client, run.info.run_id, params={"network": network, "dataset": dataset, **params})
     return run.info.run_id
+
+
+def _process_tags() -> dict[str, str]:
+    """Return the tags that let a later process on this host check whether a run's process runs."""
+    return {"host": socket.gethostname(), "host_pid": str(os.getpid())}
 
 
 def fail_stale_launch_runs(client: Any, experiment: str, study_name: str) -> list[str]:
@@ -328,9 +342,20 @@ def fail_stale_launch_runs(client: Any, experiment: str, study_name: str) -> lis
     Returns:
         The ids of the runs marked FAILED.
     """
+    return _fail_runs_of_ended_processes(
+        client, experiment, f"tags.optuna_study = '{study_name}' and ", "launch"
+    )
+
+
+def _fail_runs_of_ended_processes(
+    client: Any, experiment: str, condition: str, what: str
+) -> list[str]:
+    """Mark FAILED the RUNNING runs (not trial runs) whose process on this host is gone.
+
+    ``condition`` is an MLflow filter clause ending in `` and ``, or empty.
+    """
     filter_string = (
-        f"tags.optuna_study = '{study_name}' and tags.host = '{socket.gethostname()}' "
-        "and attributes.status = 'RUNNING'"
+        f"{condition}tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'"
     )
     runs = retry_locked(client.search_runs)([experiment], filter_string)
     failed = []
@@ -343,8 +368,10 @@ def fail_stale_launch_runs(client: Any, experiment: str, study_name: str) -> lis
             continue
         if pid == os.getpid() or _process_exists(pid):
             continue
-        end_run(client, run.info.run_id, "FAILED", reason=f"launch process {pid} ended")
-        logger.info("launch run %s of process %d failed: the process ended", run.info.run_id, pid)
+        end_run(client, run.info.run_id, "FAILED", reason=f"{what} process {pid} ended")
+        logger.info(
+            "%s run %s of process %d failed: the process ended", what, run.info.run_id, pid
+        )
         failed.append(run.info.run_id)
     return failed
 

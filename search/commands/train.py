@@ -10,8 +10,6 @@ from search.spec import DEFAULT_MLFLOW_URI
 
 HELP = "train a network on a dataset and save the checkpoint"
 
-# MLflow experiment of every ``polysearch train`` run.
-EXPERIMENT = "training"
 # Folder of the default checkpoint path, created when missing.
 DEFAULT_CHECKPOINT_DIR = Path("checkpoints")
 
@@ -183,19 +181,9 @@ class _TrainingRun:
         self.run_id: str | None = None
 
     def start(self, network: str, dataset: str, options: dict) -> None:
-        experiment = self.tracking.experiment_id(self.client, EXPERIMENT, self.uri)
-        run = self.client.create_run(
-            experiment,
-            tags={
-                "network": network,
-                "dataset": dataset,
-                "code_version": self.tracking.code_version(),
-            },
-            run_name=f"{network}-{dataset}",
+        self.run_id = self.tracking.start_training_run(
+            self.client, self.uri, network=network, dataset=dataset, params=options
         )
-        self.run_id = run.info.run_id
-        params = {"network": network, "dataset": dataset, **options}
-        self.tracking.log_batch(self.client, self.run_id, params=params)
 
     def log_epoch(self, metrics: dict) -> None:
         values = {key: value for key, value in metrics.items() if key != "epoch"}
