@@ -490,6 +490,11 @@ def load_spec(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -
             the key and the allowed values).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"study specification {str(path)!r} is a folder: pass a TOML file in it, such "
+            "as studies/cnn2-mnist.toml"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"study specification {str(path)!r} not found: pass a TOML file such as "

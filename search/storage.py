@@ -209,6 +209,58 @@ def schema_lock(url: str) -> Iterator[None]:
 
 STORAGE_HINT = "pass --storage sqlite:///PATH/TO/optuna.db with an existing folder"
 
+# Words of a SQLite error about a damaged or foreign file rather than a missing one.
+_DAMAGED_FILE = ("malformed", "not a database", "encrypted", "disk i/o error")
+
+
+def store_hint(url: str, error: BaseException, option: str, default_hint: str) -> str:
+    """Return what to do after the store at ``url`` failed to open with ``error``.
+
+    Args:
+        url: the store's URL.
+        error: the error it failed with.
+        option: the command-line option that sets the URL, e.g. ``--storage``.
+        default_hint: the hint for a SQLite file that cannot be created or opened.
+    """
+    import sqlalchemy
+
+    text = str(error).lower()
+    try:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL at all
+        backend = url.partition(":")[0].lower()
+    if backend == "sqlite":
+        if any(words in text for words in _DAMAGED_FILE):
+            return f"the file is damaged: restore it from a backup, or pass another {option}"
+        return default_hint
+    if backend in ("http", "https"):
+        return f"start the MLflow server or check the address, or pass another {option}"
+    if backend in ("postgresql", "mysql", "mariadb", "oracle", "mssql"):
+        return (
+            "check that the database server runs and accepts the URL's user, password and "
+            f"database, or pass another {option}"
+        )
+    return f"pass {option} with a sqlite:///PATH or postgresql://USER@HOST/DATABASE URL"
+
+
+def check_storage_url(url: str) -> None:
+    """Check an Optuna storage URL without connecting to it or creating anything.
+
+    Raises:
+        ValueError: the URL cannot be parsed, names a database kind SQLAlchemy does not
+            know, or is a SQLite file that ``check_sqlite_url`` rejects.
+    """
+    import sqlalchemy
+
+    check_sqlite_url(url, must_exist=False, what="Optuna storage", hint=STORAGE_HINT)
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect()
+    except Exception as error:  # noqa: BLE001 - sqlalchemy raises NoSuchModuleError and others
+        hint = store_hint(url, error, "--storage", STORAGE_HINT)
+        raise ValueError(
+            f"invalid Optuna storage URL {mask_url(url)!r}: {first_line(error)}; {hint}"
+        ) from None
+
 
 def open_storage(
     url: str,
@@ -255,8 +307,9 @@ def open_storage(
                 heartbeat_stale_trial_callback=stale_trial_callback,
             )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        hint = store_hint(url, error, "--storage", STORAGE_HINT)
         raise ValueError(
-            f"cannot open Optuna storage {mask_url(url)!r}: {first_line(error)}; {STORAGE_HINT}"
+            f"cannot open Optuna storage {mask_url(url)!r}: {first_line(error)}; {hint}"
         ) from None
     except ImportError as error:
         raise ValueError(

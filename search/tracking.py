@@ -37,6 +37,7 @@ from search.storage import (
     retry_locked,
     schema_lock,
     sqlite_path,
+    store_hint,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,9 +179,13 @@ def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> A
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as error:
         text = str(error).strip()
         first = mask_text(text.splitlines()[0]) if text else repr(error)
-        raise ValueError(
-            f"cannot open MLflow store {mask_url(uri)!r}: {first}; {MLFLOW_HINT}"
-        ) from None
+        # A refused or unresolvable server comes as several hundred characters of urllib3
+        # text, and the operating system's reason at its end is the part that matters.
+        reason = re.search(r"\[Errno -?\d+\] [^'\")]+", first)
+        if reason is not None and uri.startswith(("http://", "https://")):
+            first = f"no connection to the server ({reason.group(0).strip()})"
+        hint = store_hint(uri, error, "--mlflow-uri", MLFLOW_HINT)
+        raise ValueError(f"cannot open MLflow store {mask_url(uri)!r}: {first}; {hint}") from None
     return client
 
 

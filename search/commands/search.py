@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     from models.threads import available_cores
     from search import tracking
     from search.spec import load_spec
-    from search.storage import STORAGE_HINT, check_sqlite_url
+    from search.storage import check_storage_url
     from search.study import (
         count_trials,
         create_study,
@@ -381,9 +381,7 @@ def run(args: argparse.Namespace) -> int:
     # Reach both stores before training or loading anything, so a wrong URL fails at once.
     # The storage's file is checked first and created last, so that an MLflow store that
     # cannot be opened leaves no new study database behind.
-    check_sqlite_url(
-        spec.tracking.storage, must_exist=False, what="Optuna storage", hint=STORAGE_HINT
-    )
+    check_storage_url(spec.tracking.storage)
     client = tracking.open_client(spec.tracking.mlflow_uri)
     storage = open_study_storage(spec)
     ensure_checkpoint(spec, client=client)

@@ -418,6 +418,8 @@ def test_search_unreachable_mlflow_server_fails_fast(tmp_path, tiny_checkpoint):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "cannot open MLflow store 'http://user:***@127.0.0.1:1'" in result.stderr
+    assert "no connection to the server ([Errno 111] Connection refused)" in result.stderr
+    assert "start the MLflow server or check the address" in result.stderr
     assert "secret" not in result.stderr
     assert not (tmp_path / "optuna.db").exists()
     # MLflow's default of 7 retries with backoff took minutes; one attempt takes seconds

@@ -160,3 +160,8 @@ def test_search_options_set_invalid_named_key():
 def test_search_options_conflict_rejected():
     with pytest.raises(ValueError, match="--n-trials 5 and --set search.n_trials=6 disagree"):
         _search_options("--set", "search.n_trials=6", "--n-trials", "5")
+
+
+def test_spec_folder_rejected():
+    with pytest.raises(ValueError, match="is a folder: pass a TOML file in it"):
+        load_spec(STUDIES)

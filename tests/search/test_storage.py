@@ -7,7 +7,7 @@ import multiprocessing
 import optuna
 import pytest
 
-from search.storage import mask_url, open_storage
+from search.storage import STORAGE_HINT, check_storage_url, mask_url, open_storage, store_hint
 
 
 def test_mask_url_hides_password():
@@ -69,3 +69,31 @@ def test_open_storage_concurrent_writers(tmp_path):
     assert [process.exitcode for process in processes] == [0, 0, 0]
     study = optuna.load_study(study_name="shared", storage=open_storage(url))
     assert len(study.trials) == 45
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "fragment"),
+    [
+        ("sqlite:///a.db", "database disk image is malformed", "the file is damaged"),
+        ("sqlite:///a.db", "file is not a database", "the file is damaged"),
+        ("sqlite:///a.db", "unable to open database file", "with an existing folder"),
+        ("postgresql://u:p@127.0.0.1:1/db", "Connection refused", "database server runs"),
+        ("http://127.0.0.1:1", "Connection refused", "start the MLflow server"),
+        ("foo://bar", "Can't load plugin", "sqlite:///PATH or postgresql://USER@HOST"),
+    ],
+)
+def test_store_hint_names_next_step(url, error, fragment):
+    hint = store_hint(url, RuntimeError(error), "--storage", STORAGE_HINT)
+    assert fragment in hint
+
+
+def test_open_storage_damaged_file_hint(tmp_path):
+    path = tmp_path / "optuna.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    with pytest.raises(ValueError, match="the file is damaged: restore it from a backup"):
+        open_storage(f"sqlite:///{path}")
+
+
+def test_check_storage_url_unknown_scheme():
+    with pytest.raises(ValueError, match="invalid Optuna storage URL 'foo://bar'"):
+        check_storage_url("foo://bar")
