@@ -10,8 +10,10 @@ STAMP := $(VENV)/.installed
 .PHONY: search test install postgresql
 
 # A 30-trial search on cnn2/MNIST with the embedded stores (trains the checkpoint if missing).
+# ARGS passes options to the search, e.g. make search ARGS="--n-trials 60".
+ARGS ?=
 search: $(STAMP)
-	$(BIN)/polysearch search studies/cnn2-mnist.toml
+	$(BIN)/polysearch search studies/cnn2-mnist.toml $(ARGS)
 
 # pytest exits with status 5 when it collects no tests, which fails this target like any
 # other non-zero status.

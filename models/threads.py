@@ -109,7 +109,14 @@ def idle_cores(interval: float = IDLE_SAMPLE_SECONDS) -> float | None:
 
 
 def default_threads() -> int:
-    """Return the thread count that does not oversubscribe: idle cores, at least 1."""
+    """Return the thread count that does not oversubscribe: idle cores, at least 1.
+
+    A positive integer in the environment variable ``OMP_NUM_THREADS`` is used as it is,
+    as PyTorch itself does.
+    """
+    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested.isdigit() and int(requested) >= 1:
+        return int(requested)
     available = available_cores()
     idle = idle_cores()
     if idle is None:

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="PyTorch CPU threads (default: the idle cores, at least 1)",
+        help="PyTorch CPU threads (default: OMP_NUM_THREADS, else the idle cores, at least 1)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():

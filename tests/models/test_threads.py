@@ -98,8 +98,18 @@ def test_read_core_times_from_stat_file(tmp_path):
     ],
 )
 def test_default_threads_from_idle_cores(monkeypatch, idle, available, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "idle_cores", lambda: idle)
     monkeypatch.setattr(threads, "available_cores", lambda: available)
+
+    assert threads.default_threads() == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("3", 3), ("1", 1), ("0", 2), ("x", 2), ("", 2)])
+def test_default_threads_omp_num_threads(monkeypatch, value, expected):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    monkeypatch.setattr(threads, "idle_cores", lambda: 2.0)
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
 
     assert threads.default_threads() == expected
 
