@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from search.commands.options import check_output
 from search.spec import DEFAULT_MLFLOW_URI
 
 HELP = "rebuild the approximated network of a configuration, measure it on test and save it"
@@ -51,10 +52,7 @@ def save_model(path: Path, model: Any, payload: dict[str, Any], *, overwrite: bo
     """Save the approximated network's state dict and its configuration atomically."""
     import torch
 
-    if path.exists() and not overwrite:
-        raise ValueError(f"output file {str(path)!r} exists: pass --overwrite or another --output")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {str(path.parent)!r} of --output does not exist")
+    check_output(path, overwrite=overwrite)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(descriptor)
@@ -143,12 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config.is_file():
         raise FileNotFoundError(f"configuration file {str(args.config)!r} not found")
     output = args.output if args.output is not None else args.config.with_suffix(".pt")
-    if output.exists() and not args.overwrite:
-        raise ValueError(
-            f"output file {str(output)!r} exists: pass --overwrite or another --output"
-        )
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"folder {str(output.parent)!r} of --output does not exist")
+    check_output(output, overwrite=args.overwrite)
     if not args.no_mlflow:
         # Reach the store before writing the output, so that a wrong URI writes nothing.
         open_client(args.mlflow_uri)

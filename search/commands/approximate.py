@@ -13,6 +13,7 @@ from search.commands.calibrate import (
     parse_number,
     parse_sample_size,
 )
+from search.commands.options import check_output
 
 HELP = "replace the nonlinearities of a checkpoint by minimax polynomials and measure accuracy"
 
@@ -155,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"unknown --strategy {args.strategy!r}; expected one of {', '.join(STRATEGIES)}"
         )
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise ValueError(f"{args.output} already exists; pass --overwrite or choose another path")
+    if args.output is not None:
+        check_output(args.output, overwrite=args.overwrite)
     if args.config is not None:
         configuration = Configuration.load(args.config)
     else:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from search.commands.options import check_output
 from search.spec import DEFAULT_MLFLOW_URI, DEFAULT_STORAGE
 
 HELP = "print the best configuration of a study (its Pareto front for two objectives)"
@@ -167,14 +168,7 @@ def run(args: argparse.Namespace) -> int:
     configure_library_logging()
     # Every option is checked before anything is measured or logged to MLflow.
     if args.output is not None:
-        if args.output.exists() and not args.overwrite:
-            raise ValueError(
-                f"output file {str(args.output)!r} exists: pass --overwrite or another --output"
-            )
-        if not args.output.parent.is_dir():
-            raise FileNotFoundError(
-                f"folder {str(args.output.parent)!r} of --output does not exist: create it"
-            )
+        check_output(args.output, overwrite=args.overwrite)
     storage = open_storage(args.storage, must_exist=True)
     study = load_study(storage, args.study)
     trials = best_trials(study)

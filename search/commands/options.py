@@ -30,3 +30,18 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, *, limit_help: str) -
         "--download", action="store_true", help="download missing dataset files (needs network)"
     )
     parser.add_argument("--limit", type=positive_int, default=None, help=limit_help)
+
+
+def check_output(path: Path, *, overwrite: bool) -> None:
+    """Check that ``--output`` can be written before any work starts.
+
+    Raises:
+        ValueError: the file exists and ``overwrite`` is not set.
+        FileNotFoundError: its folder does not exist.
+    """
+    if path.exists() and not overwrite:
+        raise ValueError(f"output file {str(path)!r} exists: pass --overwrite or another --output")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"folder {str(path.parent)!r} of --output does not exist: create it first"
+        )

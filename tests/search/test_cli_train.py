@@ -132,6 +132,14 @@ def test_cli_train_evaluate_and_mlflow(tmp_path, run_cli, snapshot_files):
             ["train", "--model", "cnn1", "--dataset", "mnist", "--output", "nosuch/c.pt"],
             "folder nosuch of --output does not exist; create it first",
         ),
+        (
+            ["approximate", "--checkpoint", "cnn1.pt", "--output", "nosuch/c.json"],
+            "folder 'nosuch' of --output does not exist: create it first",
+        ),
+        (
+            ["approximate", "--checkpoint", "cnn1.pt", "--output", "cnn1.pt"],
+            "output file 'cnn1.pt' exists: pass --overwrite or another --output",
+        ),
         (["evaluate", "--checkpoint", "absent.pt"], "checkpoint absent.pt not found"),
         (["evaluate", "--checkpoint", "damaged.pt"], "checkpoint damaged.pt is damaged"),
         (
