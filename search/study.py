@@ -255,15 +255,16 @@ def ensure_checkpoint(spec: StudySpec, *, client: Any = None, progress: bool = T
     path = spec.network.checkpoint
     if path.exists():
         return path
-    logger.info(
-        "checkpoint %s not found: training %s on %s", path, spec.network.name, spec.data.dataset
-    )
+    # The data are loaded before the training is announced, so missing data is one line.
     splits = load_dataset(
         spec.data.dataset,
         spec.data.dir,
         download=spec.data.download,
         seed=spec.seed,
         limit=spec.data.limit,
+    )
+    logger.info(
+        "checkpoint %s not found: training %s on %s", path, spec.network.name, spec.data.dataset
     )
     model = build_network(
         spec.network.name, input_shape=splits.input_shape, num_classes=splits.num_classes

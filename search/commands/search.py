@@ -393,9 +393,9 @@ def run(args: argparse.Namespace) -> int:
     finished, running = count_trials(study)
     if running:
         logger.info(
-            "%d trials are RUNNING in other processes, or stopped less than %d s ago and will "
-            "be failed and retried once their heartbeat is older than that",
-            running,
+            "found %s in state RUNNING, in another process or stopped less than %d s ago: "
+            "each is failed and retried once its heartbeat is older than that",
+            count_noun(running, "trial"),
             spec.search.grace_period,
         )
     storage_url = mask_url(spec.tracking.storage)

@@ -270,6 +270,26 @@ def test_search_bad_spec_leaves_storage_untouched(tmp_path, tiny_checkpoint):
     assert (tmp_path / "optuna.db").read_bytes() == before
 
 
+def test_search_missing_data_before_training_one_line(tmp_path):
+    # Without a checkpoint the search would train one, but the data set is missing first.
+    spec = write_spec(tmp_path, tmp_path / "absent.pt", n_trials=2)
+    (tmp_path / "empty").mkdir()
+    result = polysearch(
+        "search",
+        str(spec),
+        "--set",
+        'data.dataset="cifar10"',
+        "--set",
+        'data.dir="empty"',
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "empty/cifar-10-batches-py" in lines[0]
+    assert not (tmp_path / "absent.pt").exists()
+
+
 def test_search_unreachable_storage_exit_2(tmp_path, tiny_checkpoint):
     spec = write_spec(tmp_path, tiny_checkpoint, n_trials=2)
     missing = f"sqlite:///{tmp_path}/missing/optuna.db"
