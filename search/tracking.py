@@ -24,7 +24,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +177,7 @@ def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> A
             client = MlflowClient(tracking_uri=uri)
             retry_locked(client.search_experiments)(max_results=1)
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as error:
-        text = str(error).strip()
-        first = mask_text(text.splitlines()[0]) if text else repr(error)
+        first = first_line(error)
         # A refused or unresolvable server comes as several hundred characters of urllib3
         # text, and the operating system's reason at its end is the part that matters.
         reason = re.search(r"\[Errno -?\d+\] [^'\")]+", first)
@@ -321,7 +320,7 @@ def start_training_run(
     FAILED first.
     """
     experiment = experiment_id(client, TRAINING_EXPERIMENT, uri)
-    _fail_runs_of_ended_processes(client, experiment, "", "training")
+    _fail_runs_of_ended_processes(client, experiment, "training")
     tags = {
         "network": network,
         "dataset": dataset,
@@ -348,20 +347,25 @@ def fail_stale_launch_runs(client: Any, experiment: str, study_name: str) -> lis
         The ids of the runs marked FAILED.
     """
     return _fail_runs_of_ended_processes(
-        client, experiment, f"tags.optuna_study = '{study_name}' and ", "launch"
+        client, experiment, "launch", conditions=[f"tags.optuna_study = '{study_name}'"]
     )
 
 
 def _fail_runs_of_ended_processes(
-    client: Any, experiment: str, condition: str, what: str
+    client: Any, experiment: str, what: str, *, conditions: Sequence[str] = ()
 ) -> list[str]:
     """Mark FAILED the RUNNING runs (not trial runs) whose process on this host is gone.
 
-    ``condition`` is an MLflow filter clause ending in `` and ``, or empty.
+    Args:
+        what: the kind of run in the failure reason and the log, e.g. "launch".
+        conditions: further MLflow filter clauses the runs must meet.
     """
-    filter_string = (
-        f"{condition}tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'"
-    )
+    clauses = [
+        *conditions,
+        f"tags.host = '{socket.gethostname()}'",
+        "attributes.status = 'RUNNING'",
+    ]
+    filter_string = " and ".join(clauses)
     runs = retry_locked(client.search_runs)([experiment], filter_string)
     failed = []
     for run in runs:
