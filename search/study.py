@@ -659,7 +659,7 @@ def fail_stale_trials(study: Any) -> None:
 
 
 # When this process first saw a RUNNING trial without a heartbeat, by (storage URL, trial id).
-_WITHOUT_HEARTBEAT_SINCE: dict[tuple[str, int], float] = {}
+_WITHOUT_HEARTBEAT_SINCE: dict[tuple[int, int], float] = {}
 
 
 def _trials_without_heartbeat(storage: Any, study_id: int) -> list[int]:

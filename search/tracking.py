@@ -24,7 +24,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,8 @@ def open_client(uri: str = DEFAULT_MLFLOW_URI, *, must_exist: bool = False) -> A
             client = MlflowClient(tracking_uri=uri)
             retry_locked(client.search_experiments)(max_results=1)
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as error:
-        first = first_line(error)
+        text = str(error).strip()
+        first = mask_text(text.splitlines()[0]) if text else repr(error)
         # A refused or unresolvable server comes as several hundred characters of urllib3
         # text, and the operating system's reason at its end is the part that matters.
         reason = re.search(r"\[Errno -?\d+\] [^'\")]+", first)
@@ -320,7 +321,7 @@ def start_training_run(
     FAILED first.
     """
     experiment = experiment_id(client, TRAINING_EXPERIMENT, uri)
-    _fail_runs_of_ended_processes(client, experiment, "training")
+    _fail_runs_of_ended_processes(client, experiment, "", "training")
     tags = {
         "network": network,
         "dataset": dataset,
@@ -347,25 +348,20 @@ def fail_stale_launch_runs(client: Any, experiment: str, study_name: str) -> lis
         The ids of the runs marked FAILED.
     """
     return _fail_runs_of_ended_processes(
-        client, experiment, "launch", conditions=[f"tags.optuna_study = '{study_name}'"]
+        client, experiment, f"tags.optuna_study = '{study_name}' and ", "launch"
     )
 
 
 def _fail_runs_of_ended_processes(
-    client: Any, experiment: str, what: str, *, conditions: Sequence[str] = ()
+    client: Any, experiment: str, condition: str, what: str
 ) -> list[str]:
     """Mark FAILED the RUNNING runs (not trial runs) whose process on this host is gone.
 
-    Args:
-        what: the kind of run in the failure reason and the log, e.g. "launch".
-        conditions: further MLflow filter clauses the runs must meet.
+    ``condition`` is an MLflow filter clause ending in `` and ``, or empty.
     """
-    clauses = [
-        *conditions,
-        f"tags.host = '{socket.gethostname()}'",
-        "attributes.status = 'RUNNING'",
-    ]
-    filter_string = " and ".join(clauses)
+    filter_string = (
+        f"{condition}tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'"
+    )
     runs = retry_locked(client.search_runs)([experiment], filter_string)
     failed = []
     for run in runs:
