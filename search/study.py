@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search import interrupts
 from search.spec import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -446,6 +447,8 @@ class Objective:
         # Everything runs inside the try, so that an interrupt at any point, also while the
         # run is being created, records the trial and ends its run.
         try:
+            # A signal that arrived while Optuna stored the trial stops it before it starts.
+            interrupts.raise_pending()
             if self.on_start is not None:
                 self.on_start()
             spec = self.context.spec
@@ -497,7 +500,10 @@ class Objective:
         def on_step(_step: int, accuracy: float) -> None:
             # Optuna's steps count every callback: each substitution and retraining epoch.
             steps.append(float(accuracy))
-            if single_objective and math.isfinite(accuracy):
+            if not (single_objective and math.isfinite(accuracy)):
+                return
+            # Reporting writes to the storage, so a Ctrl-C waits until the write ends.
+            with interrupts.deferred():
                 trial.report(float(accuracy), len(steps) - 1)
                 # After the final step the result is complete: keep it rather than prune it.
                 if len(steps) - 1 < final_step and trial.should_prune():
@@ -519,19 +525,21 @@ class Objective:
             )
             train = self.context.splits.train
         try:
-            result = approximate(
-                self.context.model,
-                settings,
-                strategy=spec.approximation.strategy,
-                granularity=spec.approximation.granularity,
-                calibration_inputs=self.context.calibration_inputs,
-                validation=self.context.splits.validation,
-                train=train,
-                retrain=retrain,
-                cache=self.context.cache,
-                on_step=on_step,
-                device=self.context.device,
-            )
+            # The computation stops at once on Ctrl-C: it writes to no store.
+            with interrupts.immediate():
+                result = approximate(
+                    self.context.model,
+                    settings,
+                    strategy=spec.approximation.strategy,
+                    granularity=spec.approximation.granularity,
+                    calibration_inputs=self.context.calibration_inputs,
+                    validation=self.context.splits.validation,
+                    train=train,
+                    retrain=retrain,
+                    cache=self.context.cache,
+                    on_step=on_step,
+                    device=self.context.device,
+                )
         except MemoryError as error:
             raise TrialFailed(f"out of memory: {error}") from error
         except RuntimeError as error:
@@ -809,7 +817,10 @@ def run_worker(
     started = time.monotonic()
     n_trials = spec.search.n_trials
     timeout = spec.search.timeout
+    # Stores are written inside deferred blocks: a Ctrl-C while Optuna or MLflow writes is
+    # raised once the write has ended (see search.interrupts).
     while True:
+        interrupts.raise_pending()
         if timeout and time.monotonic() - started >= timeout:
             logger.info("worker %d: time limit of %g s reached", worker_index, timeout)
             break
@@ -822,8 +833,9 @@ def run_worker(
             break
         lock.acquire()
         try:
-            fail_stale_trials(study)
-            finished, running = count_trials(study)
+            with interrupts.deferred():
+                fail_stale_trials(study)
+                finished, running = count_trials(study)
             if finished >= n_trials:
                 break
             if finished + running >= n_trials:
@@ -832,9 +844,11 @@ def run_worker(
                 time.sleep(min(spec.search.heartbeat_interval, 2.0))
                 continue
             # The objective releases the lock as soon as its trial is stored as RUNNING.
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[record])
+            with interrupts.deferred():
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[record])
         finally:
             lock.release()
+    interrupts.raise_pending()
     return summary
 
 

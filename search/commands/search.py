@@ -187,7 +187,9 @@ def _worker_process(
     # Ctrl-C reaches every process of the terminal's group, and the parent terminates a
     # worker that outlives its wait: both end the running trial as interrupted, so that the
     # trial is stored FAIL and its MLflow run KILLED.
-    _interrupt_once_on(signal.SIGINT, signal.SIGTERM)
+    from search import interrupts
+
+    interrupts.install(signal.SIGINT, signal.SIGTERM, once=True)
     import torch
 
     from search.study import run_worker
@@ -234,7 +236,11 @@ def _run_workers(
             time.sleep(1.0)
             printer.poll(study)
     except BaseException:
-        _stop_workers(processes)
+        from search import interrupts
+
+        # Only a terminal's Ctrl-C reaches the workers too. After SIGTERM to this process or
+        # an error of its own, they are stopped at once.
+        _stop_workers(processes, wait=interrupts.received() == "SIGINT")
         try:
             printer.poll(study)
         except Exception as error:  # noqa: BLE001 - the interrupt is the one to report
@@ -251,39 +257,25 @@ def _run_workers(
         raise RuntimeError(f"worker processes {', '.join(failed)} ended with an error (see log)")
 
 
-def _interrupt_once_on(*signals: int) -> None:
-    """Raise KeyboardInterrupt on the first of ``signals``; ignore the ones that follow.
-
-    Ignoring later signals lets the interrupted trial finish recording its state, which a
-    second Ctrl-C or the parent's SIGTERM would otherwise cut short.
-    """
-
-    def interrupt(number: int, _frame: Any) -> None:
-        for other in signals:
-            signal.signal(other, signal.SIG_IGN)
-        raise KeyboardInterrupt(f"signal {signal.Signals(number).name}")
-
-    for number in signals:
-        signal.signal(number, interrupt)
-
-
-def _stop_workers(processes: list[Any]) -> None:
+def _stop_workers(processes: list[Any], *, wait: bool) -> None:
     """Stop the worker processes after an interrupt or an error of the parent.
 
-    Workers interrupted by the same Ctrl-C get ``WORKER_STOP_SECONDS`` to store their running
-    trial as failed; the rest are then sent SIGTERM, which the workers treat like Ctrl-C,
-    and those still alive after another wait are killed. A further Ctrl-C skips the wait.
+    With ``wait``, workers interrupted by the same Ctrl-C get ``WORKER_STOP_SECONDS`` to
+    store their running trial as failed. The rest are then sent SIGTERM, which the workers
+    treat like Ctrl-C, and those still alive after another wait are killed. A further Ctrl-C
+    skips a wait.
     """
-    for action in ("wait", "terminate", "kill"):
+    for action in ("wait", "terminate", "kill") if wait else ("terminate", "kill"):
         alive = [process for process in processes if process.is_alive()]
         if not alive:
             return
-        if action == "terminate":
+        if action == "terminate" and wait:
             logger.warning(
                 "%d worker processes still run after %g s: terminating them",
                 len(alive),
                 WORKER_STOP_SECONDS,
             )
+        if action == "terminate":
             for process in alive:
                 process.terminate()
         elif action == "kill":
@@ -356,7 +348,7 @@ def _end_launch_run(client: Any, run_id: str, status: str, reason: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.threads import available_cores
-    from search import tracking
+    from search import interrupts, tracking
     from search.spec import load_spec
     from search.storage import check_storage_url
     from search.study import (
@@ -426,13 +418,16 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         if workers == 1:
-            run_worker(
-                spec, parent_run_id=parent_run_id, on_trial=printer.on_trial, context=context
-            )
+            # A repeated Ctrl-C is raised wherever it lands, as the user may insist.
+            with interrupts.handling(signal.SIGINT, signal.SIGTERM, once=False):
+                run_worker(
+                    spec, parent_run_id=parent_run_id, on_trial=printer.on_trial, context=context
+                )
         else:
             total = args.threads if args.threads else cores
             threads = max(1, total // workers)
-            _run_workers(spec, parent_run_id, study, printer, workers, threads, args.log_level)
+            with interrupts.handling(signal.SIGINT, signal.SIGTERM, once=False):
+                _run_workers(spec, parent_run_id, study, printer, workers, threads, args.log_level)
     except KeyboardInterrupt:
         _end_launch_run(client, parent_run_id, "KILLED", "interrupted")
         raise

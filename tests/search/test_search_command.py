@@ -17,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from search.commands.search import WORKER_STOP_SECONDS
 from tests.search.conftest import polysearch, start_polysearch, write_spec
 
 pytestmark = pytest.mark.slow
@@ -156,31 +157,35 @@ def test_search_logs_runs_best_top_trial(tmp_path, tiny_checkpoint):
 
 
 def test_search_resumes_after_kill(tmp_path, tiny_checkpoint):
-    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=5)
+    # The first launch's budget is far more than it can run before the kill, so the test
+    # never races the search's end: it kills once a trial finished and another runs.
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=500)
     process = start_polysearch("search", str(spec), cwd=tmp_path)
-    deadline = time.monotonic() + 300
     database = tmp_path / "optuna.db"
+    deadline = time.monotonic() + 300
     mid_trial = False
     try:
         while not mid_trial and time.monotonic() < deadline and process.poll() is None:
-            if database.exists():
-                try:
-                    states = _states(_study(tmp_path))
-                except Exception:  # the study may not exist yet, or a write may be under way
-                    states = []
-                mid_trial = TrialState.RUNNING in states and TrialState.COMPLETE in states
-            time.sleep(0.05)
+            states = _trial_states(database)
+            mid_trial = "RUNNING" in states and ("COMPLETE" in states or "PRUNED" in states)
+            time.sleep(0.02)
     finally:
         process.send_signal(signal.SIGKILL)
-        process.communicate()
-    assert mid_trial, "the search never had a finished and a running trial at once"
+        _, stderr = process.communicate()
+    assert mid_trial, f"the search never had a finished and a running trial at once: {stderr}"
+    at_kill = _trial_states(database)
+    finished = at_kill.count("COMPLETE") + at_kill.count("PRUNED")
+    # The trial that ran may have ended between the last look and the kill.
+    assert at_kill.count("RUNNING") <= 1
+    budget = finished + 2
     # Let the killed trial's heartbeat age past the grace period (2 s).
     time.sleep(3)
-    result = polysearch("search", str(spec), cwd=tmp_path)
+    result = polysearch("search", str(spec), "--n-trials", str(budget), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     states = _states(_study(tmp_path))
     assert TrialState.RUNNING not in states
-    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 5
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == budget
+    assert states.count(TrialState.FAIL) == at_kill.count("RUNNING")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
@@ -331,45 +336,51 @@ def test_search_network_mismatch_exit_2(tmp_path, tiny_checkpoint, network):
     assert client.get_experiment_by_name("tiny") is None
 
 
-def _running_trials(database):
-    """Count RUNNING trials with a read-only connection, which never creates Optuna's tables
-    while the search itself creates them."""
+def _trial_states(database):
+    """The state names of the study's trials, read with a read-only connection, which never
+    creates Optuna's tables while the search itself creates them."""
     if not database.exists():
-        return 0
+        return []
     try:
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+            return [state for (state,) in db.execute("SELECT state FROM trials")]
     except sqlite3.Error:  # the tables may not exist yet
-        return 0
+        return []
 
 
-def _interrupt_mid_trials(tmp_path, spec, *options, running):
+def _interrupt_mid_trials(tmp_path, spec, *options, running, terminate=False):
     """Start a search, send SIGINT to its process group once ``running`` trials run at once,
-    and return (exit status, stdout, stderr)."""
+    and return (exit status, stdout, stderr, seconds from the signal to the exit). With
+    ``terminate``, send SIGTERM to the main process alone, as a service manager does."""
     process = start_polysearch("search", str(spec), *options, cwd=tmp_path, new_session=True)
     deadline = time.monotonic() + 240
     seen = False
     try:
         while not seen and time.monotonic() < deadline and process.poll() is None:
-            seen = _running_trials(tmp_path / "optuna.db") >= running
+            seen = _trial_states(tmp_path / "optuna.db").count("RUNNING") >= running
             time.sleep(0.05)
-        if seen:
+        if seen and terminate:
+            process.send_signal(signal.SIGTERM)
+        elif seen:
             # A terminal's Ctrl-C signals every process of the foreground group.
             os.killpg(process.pid, signal.SIGINT)
+        signalled = time.monotonic()
         stdout, stderr = process.communicate(timeout=120)
+        stopping = time.monotonic() - signalled
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
     assert seen, f"never {running} running trials at once: {stderr}"
-    return process.returncode, stdout, stderr
+    return process.returncode, stdout, stderr, stopping
 
 
 def _assert_interrupt_recorded(tmp_path):
     study = _study(tmp_path)
     states = _states(study)
+    # A trial interrupted while it computes is stored FAIL, one interrupted while its result
+    # was stored is kept, and none is left RUNNING.
     assert TrialState.RUNNING not in states
-    assert TrialState.FAIL in states
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
@@ -390,15 +401,29 @@ def _assert_interrupt_recorded(tmp_path):
 
 def test_search_interrupt_two_workers_records_trials(tmp_path, tiny_checkpoint):
     spec = write_spec(tmp_path, tiny_checkpoint, n_trials=40)
-    status, _, stderr = _interrupt_mid_trials(tmp_path, spec, "--workers", "2", running=2)
+    status, _, stderr, _ = _interrupt_mid_trials(tmp_path, spec, "--workers", "2", running=2)
     assert status == 130, stderr
     assert stderr.strip().splitlines()[-1] == "polysearch search: interrupted"
     _assert_interrupt_recorded(tmp_path)
 
 
+def test_search_sigterm_two_workers_stops_them(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=40)
+    status, _, stderr, stopping = _interrupt_mid_trials(
+        tmp_path, spec, "--workers", "2", running=2, terminate=True
+    )
+    assert status == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "polysearch search: interrupted"
+    # The workers get SIGTERM at once, not after the wait meant for a Ctrl-C that reached
+    # them too, and they stop on it.
+    assert stopping < WORKER_STOP_SECONDS, stderr
+    assert "killing" not in stderr
+    _assert_interrupt_recorded(tmp_path)
+
+
 def test_search_interrupt_one_worker_one_line(tmp_path, tiny_checkpoint):
     spec = write_spec(tmp_path, tiny_checkpoint, n_trials=40)
-    status, stdout, stderr = _interrupt_mid_trials(tmp_path, spec, running=1)
+    status, stdout, stderr, _ = _interrupt_mid_trials(tmp_path, spec, running=1)
     assert status == 130, stderr
     # No traceback, no Optuna or MLflow chatter: the interrupt is one line.
     assert stderr.strip().splitlines()[-1] == "polysearch search: interrupted"

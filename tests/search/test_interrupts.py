@@ -1,0 +1,114 @@
+"""Signals in a search worker: raised in computations, deferred while a store writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import interrupts
+
+
+def _signal_self() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    # The handler runs between bytecodes of the main thread; give it the chance.
+    time.sleep(0.2)
+
+
+class _SignalBeforeTrial(optuna.samplers.RandomSampler):
+    """A sampler that sends SIGINT inside ``study.ask``, after the trial is stored RUNNING."""
+
+    def before_trial(self, study, trial):
+        super().before_trial(study, trial)
+        _signal_self()
+
+
+def _objective(trial):
+    interrupts.raise_pending()
+    return trial.suggest_float("x", 0.0, 1.0)
+
+
+def _study(sampler=None):
+    return optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+
+
+def test_signal_while_asking_leaves_trial_running_without_deferral():
+    # The hazard itself: an interrupt between storing the trial and the objective.
+    study = _study(_SignalBeforeTrial(seed=0))
+    with interrupts.handling(signal.SIGINT, once=True), pytest.raises(KeyboardInterrupt):
+        study.optimize(_objective, n_trials=1, catch=(Exception,))
+    assert [trial.state for trial in study.trials] == [TrialState.RUNNING]
+
+
+def test_signal_while_asking_fails_trial_when_deferred():
+    study = _study(_SignalBeforeTrial(seed=0))
+    with interrupts.handling(signal.SIGINT, once=True):
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"), interrupts.deferred():
+            study.optimize(_objective, n_trials=1, catch=(Exception,))
+    assert [trial.state for trial in study.trials] == [TrialState.FAIL]
+
+
+def test_signal_after_tell_raises_after_block():
+    study = _study()
+    reached = []
+    with interrupts.handling(signal.SIGINT, once=True):
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"), interrupts.deferred():
+            # Callbacks run after Optuna stored the finished trial.
+            study.optimize(_objective, n_trials=1, callbacks=[lambda *_: _signal_self()])
+            reached.append("end of the block")
+    assert reached == ["end of the block"]
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE]
+
+
+def test_signal_inside_immediate_raises_at_once():
+    started = time.monotonic()
+    with interrupts.handling(signal.SIGINT, once=True), pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred(), interrupts.immediate():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert time.monotonic() - started < 4
+
+
+def test_deferred_inside_immediate_raises_at_its_end():
+    reached = []
+    with interrupts.handling(signal.SIGINT, once=True), pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred(), interrupts.immediate():
+            with interrupts.deferred():
+                _signal_self()
+                reached.append("end of the store call")
+            reached.append("after the store call")
+    assert reached == ["end of the store call"]
+
+
+def test_once_ignores_later_signals():
+    with interrupts.handling(signal.SIGINT, once=True):
+        with pytest.raises(KeyboardInterrupt):
+            _signal_self()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        _signal_self()
+
+
+def test_repeated_signal_raises_inside_deferred():
+    reached = []
+    with interrupts.handling(signal.SIGINT, once=False), pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred():
+            _signal_self()
+            reached.append("after the first signal")
+            # Only the first signal waits for the end of the block.
+            _signal_self()
+            reached.append("after the second signal")
+    assert reached == ["after the first signal"]
+
+
+def test_handling_restores_handler_and_forgets_signal():
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts.handling(signal.SIGINT, once=True), pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred():
+            _signal_self()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert interrupts.received() is None
+    interrupts.raise_pending()
