@@ -41,9 +41,10 @@ def _handle(number: int, _frame: Any) -> None:
     first = _state.received is None
     if first:
         _state.received = name
-    if _state.once:
-        for other in _state.signals:
-            signal.signal(other, signal.SIG_IGN)
+    elif _state.once:
+        # The handler stays installed and returns. Had it been replaced by SIG_IGN, Python
+        # would print an OSError for a signal that arrived together with the first one.
+        return
     if first and not _state.raising:
         return
     raise KeyboardInterrupt(f"signal {name}")
@@ -105,11 +106,6 @@ def immediate() -> Iterator[None]:
         yield
     finally:
         _state.raising = previous
-
-
-def received() -> str | None:
-    """Return the name of the first handled signal (``"SIGINT"``), or None."""
-    return _state.received
 
 
 def raise_pending() -> None:

@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 
 # Exit status of a worker process stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells use).
 INTERRUPTED_EXIT_STATUS = 130
-# Seconds the parent waits for interrupted workers to store their trials, before each of
-# SIGTERM and SIGKILL.
+# Signals that stop a search: a terminal's Ctrl-C and a service manager's stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds the parent waits for interrupted workers to store their trials before SIGKILL.
 WORKER_STOP_SECONDS = 20.0
 
 
@@ -173,29 +174,30 @@ def _worker_process(
     spec: Any, parent_run_id: str, index: int, threads: int, log_level: str
 ) -> None:
     """Entry point of a spawned worker process; exits with status 2 when a store fails."""
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    from search.credentials import install_log_masking
-
-    install_log_masking()
-    from search.tracking import configure_library_logging
-
-    configure_library_logging()
-    # Ctrl-C reaches every process of the terminal's group, and the parent terminates a
-    # worker that outlives its wait: both end the running trial as interrupted, so that the
-    # trial is stored FAIL and its MLflow run KILLED.
+    # Ctrl-C reaches every process of the terminal's group, and the parent sends SIGTERM to
+    # its workers when it stops: both end the running trial as interrupted, so that the trial
+    # is stored FAIL and its MLflow run KILLED. The worker starts with Ctrl-C ignored (see
+    # _run_workers) until this handler is installed.
     from search import interrupts
 
-    interrupts.install(signal.SIGINT, signal.SIGTERM, once=True)
-    import torch
-
-    from search.study import run_worker
-
-    torch.set_num_threads(threads)
+    interrupts.install(*STOP_SIGNALS, once=True)
     try:
+        logging.basicConfig(
+            level=log_level,
+            format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        from search.credentials import install_log_masking
+
+        install_log_masking()
+        from search.tracking import configure_library_logging
+
+        configure_library_logging()
+        import torch
+
+        from search.study import run_worker
+
+        torch.set_num_threads(threads)
         run_worker(spec, parent_run_id=parent_run_id, worker_index=index)
     except KeyboardInterrupt:
         logger.debug("worker %d interrupted", index)
@@ -229,18 +231,13 @@ def _run_workers(
         )
         for index in range(workers)
     ]
-    for process in processes:
-        process.start()
     try:
+        _start_ignoring_ctrl_c(processes)
         while any(process.is_alive() for process in processes):
             time.sleep(1.0)
             printer.poll(study)
     except BaseException:
-        from search import interrupts
-
-        # Only a terminal's Ctrl-C reaches the workers too. After SIGTERM to this process or
-        # an error of its own, they are stopped at once.
-        _stop_workers(processes, wait=interrupts.received() == "SIGINT")
+        _stop_workers(processes)
         try:
             printer.poll(study)
         except Exception as error:  # noqa: BLE001 - the interrupt is the one to report
@@ -257,29 +254,43 @@ def _run_workers(
         raise RuntimeError(f"worker processes {', '.join(failed)} ended with an error (see log)")
 
 
-def _stop_workers(processes: list[Any], *, wait: bool) -> None:
+def _start_ignoring_ctrl_c(processes: list[Any]) -> None:
+    """Start worker processes that ignore Ctrl-C until they install their own handler.
+
+    Without it, a Ctrl-C while a worker imports its modules ends it with a traceback. Ctrl-C
+    stays blocked in this process meanwhile, so it is handled here once the workers started,
+    and the workers are then stopped with SIGTERM.
+    """
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _stop_workers(processes: list[Any]) -> None:
     """Stop the worker processes after an interrupt or an error of the parent.
 
-    With ``wait``, workers interrupted by the same Ctrl-C get ``WORKER_STOP_SECONDS`` to
-    store their running trial as failed. The rest are then sent SIGTERM, which the workers
-    treat like Ctrl-C, and those still alive after another wait are killed. A further Ctrl-C
-    skips a wait.
+    Every worker is sent SIGTERM, which it treats like Ctrl-C (one that a Ctrl-C reached
+    already ignores it), and gets ``WORKER_STOP_SECONDS`` to store its running trial as
+    failed. Workers still alive then are killed. A further Ctrl-C skips the wait.
     """
-    for action in ("wait", "terminate", "kill") if wait else ("terminate", "kill"):
+    for action in ("terminate", "kill"):
         alive = [process for process in processes if process.is_alive()]
         if not alive:
             return
-        if action == "terminate" and wait:
-            logger.warning(
-                "%d worker processes still run after %g s: terminating them",
-                len(alive),
-                WORKER_STOP_SECONDS,
-            )
         if action == "terminate":
             for process in alive:
                 process.terminate()
-        elif action == "kill":
-            logger.warning("killing %d worker processes that ignored SIGTERM", len(alive))
+        else:
+            logger.warning(
+                "killing %d worker processes still running %g s after SIGTERM",
+                len(alive),
+                WORKER_STOP_SECONDS,
+            )
             for process in alive:
                 process.kill()
         deadline = time.monotonic() + WORKER_STOP_SECONDS
@@ -419,14 +430,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if workers == 1:
             # A repeated Ctrl-C is raised wherever it lands, as the user may insist.
-            with interrupts.handling(signal.SIGINT, signal.SIGTERM, once=False):
+            with interrupts.handling(*STOP_SIGNALS, once=False):
                 run_worker(
                     spec, parent_run_id=parent_run_id, on_trial=printer.on_trial, context=context
                 )
         else:
             total = args.threads if args.threads else cores
             threads = max(1, total // workers)
-            with interrupts.handling(signal.SIGINT, signal.SIGTERM, once=False):
+            with interrupts.handling(*STOP_SIGNALS, once=False):
                 _run_workers(spec, parent_run_id, study, printer, workers, threads, args.log_level)
     except KeyboardInterrupt:
         _end_launch_run(client, parent_run_id, "KILLED", "interrupted")
