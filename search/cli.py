@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -85,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from search.credentials import install_log_masking, mask_text
 
     install_log_masking()
+    # SIGTERM (a service manager's or `kill`'s stop) ends a command as Ctrl-C does, so that
+    # stores record the interruption. A process that ignores SIGTERM keeps ignoring it.
+    previous = signal.getsignal(signal.SIGTERM)
+    terminate = (
+        previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    )
+    if terminate:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         from models.threads import configure_threads
 
@@ -97,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"polysearch {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if terminate:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(number: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signal.Signals(number).name}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -171,16 +172,26 @@ def count_noun(count: int, noun: str) -> str:
 
 
 def _worker_process(
-    spec: Any, parent_run_id: str, index: int, threads: int, log_level: str
+    spec: Any,
+    parent_run_id: str,
+    index: int,
+    threads: int,
+    log_level: str,
+    handled: tuple[int, ...],
 ) -> None:
-    """Entry point of a spawned worker process; exits with status 2 when a store fails."""
+    """Entry point of a spawned worker process; exits with status 2 when a store fails.
+
+    ``handled``: the stop signals the parent handles; the others stay ignored, as Ctrl-C is
+    in a background job.
+    """
     # Ctrl-C reaches every process of the terminal's group, and the parent sends SIGTERM to
     # its workers when it stops: both end the running trial as interrupted, so that the trial
     # is stored FAIL and its MLflow run KILLED. The worker starts with Ctrl-C ignored (see
-    # _run_workers) until this handler is installed.
+    # _start_ignoring_ctrl_c) until this handler is installed.
     from search import interrupts
 
-    interrupts.install(*STOP_SIGNALS, once=True)
+    interrupts.install(*handled, once=True)
+    _stop_with_parent()
     try:
         logging.basicConfig(
             level=log_level,
@@ -210,6 +221,27 @@ def _worker_process(
         sys.exit(2)
 
 
+def _stop_with_parent() -> None:
+    """Send this worker SIGTERM once its parent process ends.
+
+    A parent killed with SIGKILL cannot stop its workers, which would otherwise go on
+    searching on their own until the budget is met.
+    """
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        logger.warning("the search process %s ended: stopping this worker", parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="polysearch-parent-watch", daemon=True).start()
+
+
 def _run_workers(
     spec: Any,
     parent_run_id: str,
@@ -218,6 +250,7 @@ def _run_workers(
     workers: int,
     threads: int,
     level: str,
+    handled: tuple[int, ...],
 ) -> None:
     """Run ``workers`` spawned processes and print their trials as they finish."""
     import multiprocessing
@@ -226,7 +259,7 @@ def _run_workers(
     processes = [
         context.Process(
             target=_worker_process,
-            args=(spec, parent_run_id, index, threads, level),
+            args=(spec, parent_run_id, index, threads, level, handled),
             name=f"polysearch-worker-{index}",
         )
         for index in range(workers)
@@ -427,18 +460,24 @@ def run(args: argparse.Namespace) -> int:
     )
     printer = ProgressPrinter(study, spec.search.n_trials)
     started = time.monotonic()
+    # A signal this process ignores stays ignored, as Ctrl-C is in a background job. A
+    # repeated Ctrl-C is raised wherever it lands, as the user may insist.
+    handled = tuple(
+        number for number in STOP_SIGNALS if signal.getsignal(number) is not signal.SIG_IGN
+    )
     try:
         if workers == 1:
-            # A repeated Ctrl-C is raised wherever it lands, as the user may insist.
-            with interrupts.handling(*STOP_SIGNALS, once=False):
+            with interrupts.handling(*handled, once=False):
                 run_worker(
                     spec, parent_run_id=parent_run_id, on_trial=printer.on_trial, context=context
                 )
         else:
             total = args.threads if args.threads else cores
             threads = max(1, total // workers)
-            with interrupts.handling(*STOP_SIGNALS, once=False):
-                _run_workers(spec, parent_run_id, study, printer, workers, threads, args.log_level)
+            with interrupts.handling(*handled, once=False):
+                _run_workers(
+                    spec, parent_run_id, study, printer, workers, threads, args.log_level, handled
+                )
     except KeyboardInterrupt:
         _end_launch_run(client, parent_run_id, "KILLED", "interrupted")
         raise

@@ -107,19 +107,30 @@ def polysearch(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Comple
     )
 
 
-def start_polysearch(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen:
+def start_polysearch(
+    *args: str, cwd: Path, new_session: bool = False, output: Path | None = None
+) -> subprocess.Popen:
     """Start the command line in a subprocess without waiting for it.
 
     ``new_session`` puts it in a process group of its own, which a test can signal as a
-    terminal's Ctrl-C does (``os.killpg``).
+    terminal's Ctrl-C does (``os.killpg``). With ``output``, standard output and error go to
+    ``output/stdout`` and ``output/stderr`` instead of pipes, which outlive the process.
     """
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "--threads", "1", *args],
-        cwd=cwd,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=new_session,
-    )
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        streams = {name: open(output / name, "w") for name in streams}  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "search", "--threads", "1", *args],
+            cwd=cwd,
+            env=environment,
+            text=True,
+            start_new_session=new_session,
+            **streams,
+        )
+    finally:
+        if output is not None:
+            for stream in streams.values():
+                stream.close()

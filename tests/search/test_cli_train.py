@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sqlite3
+import time
+
 import pytest
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.networks import build_network
+from tests.search.conftest import start_polysearch
 
 
 def write_untrained_checkpoint(path, network="cnn1"):
@@ -250,3 +256,38 @@ def test_cli_calibrate_singular_counts(tmp_path, run_cli):
     lines = result.stdout.splitlines()
     assert lines[0] == "1 site, 1 calibration image, 95th percentile ranges:"
     assert lines[-1] == "wrote 1 figure to figures"
+
+
+def _training_run_statuses(database):
+    if not database.exists():
+        return []
+    uri = f"{database.as_uri()}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            return [status for (status,) in connection.execute("SELECT status FROM runs")]
+    except sqlite3.Error:  # the tables may not exist yet
+        return []
+
+
+def test_cli_train_sigterm_kills_run(tmp_path):
+    process = start_polysearch(
+        "train", "--model", "cnn1", "--dataset", "mnist", "--epochs", "200", "--limit", "1000",
+        cwd=tmp_path,
+    )  # fmt: skip
+    database = tmp_path / "mlruns" / "mlflow.db"
+    deadline = time.monotonic() + 120
+    try:
+        while "RUNNING" not in _training_run_statuses(database):
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the training run never started"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "polysearch train: interrupted"
+    assert _training_run_statuses(database) == ["KILLED"]
+    assert not (tmp_path / "checkpoints" / "cnn1-mnist.pt").exists()

@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import time
 import urllib.request
+from pathlib import Path
 
 import optuna
 import pytest
@@ -419,6 +420,56 @@ def test_search_sigterm_two_workers_stops_them(tmp_path, tiny_checkpoint):
     assert stopping < WORKER_STOP_SECONDS, stderr
     assert "killing" not in stderr
     _assert_interrupt_recorded(tmp_path)
+
+
+def _worker_pids(parent):
+    """The process ids of the spawned workers of process ``parent`` (Linux /proc)."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The fields after the command name, which is in parentheses: state, parent id.
+            fields = status.read_text().rpartition(")")[2].split()
+            command = (status.parent / "cmdline").read_bytes()
+            if int(fields[1]) == parent and b"spawn_main" in command:
+                pids.append(int(status.parent.name))
+    return pids
+
+
+def _alive(pid):
+    """Whether process ``pid`` runs; a zombie waiting for its parent to reap it does not."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def test_search_killed_parent_stops_workers(tmp_path, tiny_checkpoint):
+    spec = write_spec(tmp_path, tiny_checkpoint, n_trials=500)
+    # Files, unlike pipes, let the workers write on once the parent is gone.
+    logs = tmp_path / "logs"
+    process = start_polysearch("search", str(spec), "--workers", "2", cwd=tmp_path, output=logs)
+    deadline = time.monotonic() + 240
+    workers = []
+    try:
+        while _trial_states(tmp_path / "optuna.db").count("RUNNING") < 2:
+            assert process.poll() is None, (logs / "stderr").read_text()
+            assert time.monotonic() < deadline, "never two running trials at once"
+            time.sleep(0.05)
+        workers = _worker_pids(process.pid)
+        assert len(workers) == 2
+        process.kill()
+        process.wait()
+        # Each worker notices that its parent ended and stops as on SIGTERM, storing its trial.
+        stop_deadline = time.monotonic() + WORKER_STOP_SECONDS
+        while any(_alive(pid) for pid in workers) and time.monotonic() < stop_deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), (logs / "stderr").read_text()
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert "RUNNING" not in _trial_states(tmp_path / "optuna.db")
 
 
 def test_search_interrupt_one_worker_one_line(tmp_path, tiny_checkpoint):
