@@ -247,6 +247,8 @@ def ensure_checkpoint(spec: StudySpec, *, client: Any = None, progress: bool = T
     ``client``, the training is logged as a run of the experiment ``training``, as
     ``polysearch train`` logs it: options, per-epoch metrics, accuracies and the checkpoint.
     """
+    import torch
+
     from models.checkpoint import save_checkpoint
     from models.datasets import load_dataset
     from models.networks import build_network
@@ -267,6 +269,9 @@ def ensure_checkpoint(spec: StudySpec, *, client: Any = None, progress: bool = T
     logger.info(
         "checkpoint %s not found: training %s on %s", path, spec.network.name, spec.data.dataset
     )
+    # The seed fixes the initial weights too, as in ``polysearch train``: PyTorch seeds its
+    # global generator differently in each process.
+    torch.manual_seed(spec.seed)
     model = build_network(
         spec.network.name, input_shape=splits.input_shape, num_classes=splits.num_classes
     )
