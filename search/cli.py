@@ -16,9 +16,10 @@ import importlib
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import NoReturn
+
+from search import interrupts
 
 # Subcommand name -> module that implements it, in the order ``--help`` lists them.
 COMMANDS: dict[str, str] = {
@@ -87,19 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from search.credentials import install_log_masking, mask_text
 
     install_log_masking()
-    # SIGTERM (a service manager's or `kill`'s stop) ends a command as Ctrl-C does, so that
-    # stores record the interruption. A process that ignores SIGTERM keeps ignoring it.
-    previous = signal.getsignal(signal.SIGTERM)
-    terminate = (
-        previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
-    )
-    if terminate:
-        signal.signal(signal.SIGTERM, _interrupt)
     try:
         from models.threads import configure_threads
 
         configure_threads(args.threads)
-        return int(args.handler(args))
+        # SIGTERM (a service manager's or `kill`'s stop) ends a command as Ctrl-C does, so
+        # that stores record the interruption.
+        with interrupts.handling(signal.SIGTERM, once=False):
+            return int(args.handler(args))
     except USER_ERRORS as error:
         message = mask_text(str(error) or type(error).__name__)
         print(f"polysearch {args.command}: error: {message}", file=sys.stderr)
@@ -107,13 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"polysearch {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if terminate:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(number: int, _frame: object) -> NoReturn:
-    raise KeyboardInterrupt(f"signal {signal.Signals(number).name}")
 
 
 if __name__ == "__main__":

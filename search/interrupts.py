@@ -15,7 +15,9 @@ is deferred, and Python's own Ctrl-C handling applies.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ from typing import Any
 
 @dataclass
 class _State:
-    signals: tuple[int, ...] = ()
     # Ignore the signals that follow the first one, so the interrupted trial can finish
     # recording its state. Without it a repeated signal is raised wherever it lands.
     once: bool = True
@@ -56,7 +57,6 @@ def install(*signals: int, once: bool) -> None:
     ``once``: ignore every signal after the first, so that a second Ctrl-C or the parent's
     SIGTERM cannot cut short the recording of the interrupted trial.
     """
-    _state.signals = signals
     _state.once = once
     _state.received = None
     _state.raising = True
@@ -65,19 +65,28 @@ def install(*signals: int, once: bool) -> None:
 
 
 @contextmanager
-def handling(*signals: int, once: bool) -> Iterator[None]:
+def handling(*signals: int, once: bool) -> Iterator[tuple[int, ...]]:
     """Handle ``signals`` as :func:`install` does inside the block, then restore the
-    previous handlers and forget a received signal."""
-    previous = {number: signal.getsignal(number) for number in signals}
-    install(*signals, once=once)
+    previous handlers and state. Blocks may nest.
+
+    A signal the process ignores stays ignored, as Ctrl-C is in a background job, and
+    outside the main thread, where Python cannot install handlers, none is handled. The
+    block receives the signals that are handled.
+    """
+    handled: tuple[int, ...] = ()
+    if threading.current_thread() is threading.main_thread():
+        handled = tuple(
+            number for number in signals if signal.getsignal(number) is not signal.SIG_IGN
+        )
+    previous_handlers = {number: signal.getsignal(number) for number in handled}
+    previous_state = dataclasses.replace(_state)
+    install(*handled, once=once)
     try:
-        yield
+        yield handled
     finally:
-        for number, handler in previous.items():
+        for number, handler in previous_handlers.items():
             signal.signal(number, handler)
-        _state.signals = ()
-        _state.received = None
-        _state.raising = True
+        vars(_state).update(vars(previous_state))
 
 
 @contextmanager

@@ -269,8 +269,8 @@ def ensure_checkpoint(spec: StudySpec, *, client: Any = None, progress: bool = T
     logger.info(
         "checkpoint %s not found: training %s on %s", path, spec.network.name, spec.data.dataset
     )
-    # The seed fixes the initial weights too, as in ``polysearch train``: PyTorch seeds its
-    # global generator differently in each process.
+    # Seed the initial weights, as ``polysearch train`` does. The state of PyTorch's global
+    # generator at this point is not fixed.
     torch.manual_seed(spec.seed)
     model = build_network(
         spec.network.name, input_shape=splits.input_shape, num_classes=splits.num_classes
@@ -823,9 +823,8 @@ def run_worker(
     n_trials = spec.search.n_trials
     timeout = spec.search.timeout
     # Stores are written inside deferred blocks: a Ctrl-C while Optuna or MLflow writes is
-    # raised once the write has ended (see search.interrupts).
+    # raised where the block ends (see search.interrupts).
     while True:
-        interrupts.raise_pending()
         if timeout and time.monotonic() - started >= timeout:
             logger.info("worker %d: time limit of %g s reached", worker_index, timeout)
             break
@@ -853,7 +852,6 @@ def run_worker(
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[record])
         finally:
             lock.release()
-    interrupts.raise_pending()
     return summary
 
 

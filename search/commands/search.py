@@ -181,8 +181,8 @@ def _worker_process(
 ) -> None:
     """Entry point of a spawned worker process; exits with status 2 when a store fails.
 
-    ``handled``: the stop signals the parent handles; the others stay ignored, as Ctrl-C is
-    in a background job.
+    ``handled``: the stop signals the parent handles. The others stay ignored, like Ctrl-C in
+    a background job.
     """
     # Ctrl-C reaches every process of the terminal's group, and the parent sends SIGTERM to
     # its workers when it stops: both end the running trial as interrupted, so that the trial
@@ -460,21 +460,16 @@ def run(args: argparse.Namespace) -> int:
     )
     printer = ProgressPrinter(study, spec.search.n_trials)
     started = time.monotonic()
-    # A signal this process ignores stays ignored, as Ctrl-C is in a background job. A
-    # repeated Ctrl-C is raised wherever it lands, as the user may insist.
-    handled = tuple(
-        number for number in STOP_SIGNALS if signal.getsignal(number) is not signal.SIG_IGN
-    )
     try:
-        if workers == 1:
-            with interrupts.handling(*handled, once=False):
+        # A repeated Ctrl-C is raised wherever it lands, as the user may insist.
+        with interrupts.handling(*STOP_SIGNALS, once=False) as handled:
+            if workers == 1:
                 run_worker(
                     spec, parent_run_id=parent_run_id, on_trial=printer.on_trial, context=context
                 )
-        else:
-            total = args.threads if args.threads else cores
-            threads = max(1, total // workers)
-            with interrupts.handling(*handled, once=False):
+            else:
+                total = args.threads if args.threads else cores
+                threads = max(1, total // workers)
                 _run_workers(
                     spec, parent_run_id, study, printer, workers, threads, args.log_level, handled
                 )

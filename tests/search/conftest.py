@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,13 +96,19 @@ figures = "none"
     return path
 
 
+def _command_line(*args: str) -> dict[str, Any]:
+    """Return the arguments and environment of a polysearch subprocess on one thread."""
+    return {
+        "args": [sys.executable, "-m", "search", "--threads", "1", *args],
+        "env": {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    }
+
+
 def polysearch(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run the command line in a subprocess with one PyTorch thread."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "search", "--threads", "1", *args],
+        **_command_line(*args),
         cwd=cwd,
-        env=environment,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -117,16 +124,14 @@ def start_polysearch(
     terminal's Ctrl-C does (``os.killpg``). With ``output``, standard output and error go to
     ``output/stdout`` and ``output/stderr`` instead of pipes, which outlive the process.
     """
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         streams = {name: open(output / name, "w") for name in streams}  # noqa: SIM115
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "search", "--threads", "1", *args],
+            **_command_line(*args),
             cwd=cwd,
-            env=environment,
             text=True,
             start_new_session=new_session,
             **streams,

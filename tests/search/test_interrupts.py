@@ -37,7 +37,7 @@ def _study(sampler=None):
     return optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=0))
 
 
-def test_signal_while_asking_leaves_trial_running_without_deferral():
+def test_ask_signal_leaves_trial_running():
     # The hazard itself: an interrupt between storing the trial and the objective.
     study = _study(_SignalBeforeTrial(seed=0))
     with interrupts.handling(signal.SIGINT, once=True), pytest.raises(KeyboardInterrupt):
@@ -45,7 +45,7 @@ def test_signal_while_asking_leaves_trial_running_without_deferral():
     assert [trial.state for trial in study.trials] == [TrialState.RUNNING]
 
 
-def test_signal_while_asking_fails_trial_when_deferred():
+def test_deferred_ask_signal_fails_trial():
     study = _study(_SignalBeforeTrial(seed=0))
     with interrupts.handling(signal.SIGINT, once=True):
         with pytest.raises(KeyboardInterrupt, match="SIGINT"), interrupts.deferred():
@@ -53,7 +53,7 @@ def test_signal_while_asking_fails_trial_when_deferred():
     assert [trial.state for trial in study.trials] == [TrialState.FAIL]
 
 
-def test_signal_after_tell_raises_after_block():
+def test_tell_signal_raises_after_block():
     study = _study()
     reached = []
     with interrupts.handling(signal.SIGINT, once=True):
@@ -74,7 +74,7 @@ def test_signal_inside_immediate_raises_at_once():
     assert time.monotonic() - started < 4
 
 
-def test_deferred_inside_immediate_raises_at_its_end():
+def test_nested_deferred_raises_at_end():
     reached = []
     with interrupts.handling(signal.SIGINT, once=True), pytest.raises(KeyboardInterrupt):
         with interrupts.deferred(), interrupts.immediate():
@@ -95,7 +95,7 @@ def test_once_ignores_later_signals():
         time.sleep(0.2)
 
 
-def test_once_two_signals_at_once_raise_one_interrupt(monkeypatch):
+def test_once_simultaneous_signals_one_interrupt(monkeypatch):
     # A Ctrl-C and the parent's SIGTERM can arrive together: Python then runs both handlers
     # one after the other, and reports a handler missing by then as an unraisable OSError.
     unraisable = []
@@ -126,10 +126,34 @@ def test_repeated_signal_raises_inside_deferred():
     assert reached == ["after the first signal"]
 
 
-def test_handling_restores_handler_and_forgets_signal():
+def test_handling_exit_restores_handler():
     before = signal.getsignal(signal.SIGINT)
     with interrupts.handling(signal.SIGINT, once=True), pytest.raises(KeyboardInterrupt):
         with interrupts.deferred():
             _signal_self()
     assert signal.getsignal(signal.SIGINT) is before
     interrupts.raise_pending()
+
+
+def test_handling_keeps_ignored_signal():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts.handling(signal.SIGINT, signal.SIGTERM, once=False) as handled:
+            assert handled == (signal.SIGTERM,)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            _signal_self()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_nested_handling_restores_outer_block():
+    with interrupts.handling(signal.SIGINT, once=False):
+        outer = signal.getsignal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.handling(signal.SIGINT, once=True), interrupts.deferred():
+                _signal_self()
+        assert signal.getsignal(signal.SIGINT) is outer
+        # The outer block received no signal, and raises a new one where it lands.
+        interrupts.raise_pending()
+        with pytest.raises(KeyboardInterrupt):
+            _signal_self()
